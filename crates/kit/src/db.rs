@@ -1,0 +1,70 @@
+//! Database connections. SQLite (the default, one file per service, WAL) or PostgreSQL (split
+//! mode), through the same sea-orm code.
+//!
+//! SQLite allows one writer at a time, so a SQLite [`Db`] keeps a single-connection write pool
+//! (writers queue in the pool instead of failing with `SQLITE_BUSY`) and a read pool; on
+//! PostgreSQL both handles share one pool.
+
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
+
+/// A service's database handles.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub write: DatabaseConnection,
+    pub read: DatabaseConnection,
+}
+
+impl Db {
+    pub fn backend(&self) -> DbBackend {
+        self.write.get_database_backend()
+    }
+
+    /// Closes both pools.
+    pub async fn close(self) {
+        let _ = self.write.close().await;
+        let _ = self.read.close().await;
+    }
+}
+
+/// Returns the SQLite URL of `file` (created when missing).
+pub fn sqlite_url(file: &std::path::Path) -> String {
+    format!("sqlite://{}?mode=rwc", file.display())
+}
+
+/// Connects to `url` (`sqlite://…` or `postgres://…`) with at most `max_connections` readers.
+pub async fn connect(url: &str, max_connections: u32) -> Result<Db, DbErr> {
+    if url.starts_with("sqlite:") {
+        let write = Database::connect(sqlite_options(url, 1)).await?;
+        let read = Database::connect(sqlite_options(url, max_connections.max(1))).await?;
+        Ok(Db { write, read })
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let mut opts = ConnectOptions::new(url);
+        opts.max_connections(max_connections.max(2))
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(30))
+            .sqlx_logging(false);
+        let conn = Database::connect(opts).await?;
+        Ok(Db { write: conn.clone(), read: conn })
+    } else {
+        Err(DbErr::Custom("database_url must start with sqlite: or postgres:".into()))
+    }
+}
+
+fn sqlite_options(url: &str, max_connections: u32) -> ConnectOptions {
+    use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+    let mut opts = ConnectOptions::new(url);
+    opts.max_connections(max_connections)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+        });
+    opts
+}

@@ -1,0 +1,19 @@
+//! carnet-kit: the plumbing every Carnet service shares.
+//!
+//! - [`config`]: layered configuration (defaults → `carnet.toml` → `CARNET__…` env) with
+//!   unknown keys refused and secrets redacted on display.
+//! - [`telemetry`]: `tracing` with optional OpenTelemetry OTLP export.
+//! - [`error`]: the one error-code table, mapped to gRPC status and HTTP status.
+//! - [`caller`]: the signed caller context (tenant, principal, permissions) carried in gRPC metadata.
+//! - [`db`]: database connections (SQLite with WAL by default, PostgreSQL in split mode).
+//! - [`grpc`]: conversions and serving helpers shared by the gRPC servers.
+
+pub mod caller;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod grpc;
+pub mod telemetry;
+
+pub use caller::{Caller, CallerInterceptor, CallerSigner, MeshKey, Permission};
+pub use error::{ErrorCode, ServiceError};

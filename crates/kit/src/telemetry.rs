@@ -1,0 +1,103 @@
+//! Logging and tracing: `tracing` to stderr (text or JSON), plus OpenTelemetry OTLP export of
+//! spans when `telemetry.otlp_endpoint` is set. Span attributes and log fields carry ids only.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use serde::{Deserialize, Serialize};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+use crate::config::{ConfigError, Validate};
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    /// An `EnvFilter` directive, e.g. `info` or `carnet=debug,info`.
+    pub log_filter: String,
+    /// OTLP/gRPC endpoint (`http://collector:4317`); empty turns export off.
+    pub otlp_endpoint: String,
+    /// `service.name` of exported spans.
+    pub service_name: String,
+    /// Fraction of traces sampled, 0.0..=1.0.
+    pub sample_ratio: f64,
+}
+
+impl Validate for TelemetryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(ConfigError("telemetry.sample_ratio must be between 0.0 and 1.0".into()));
+        }
+        EnvFilter::try_new(&self.log_filter)
+            .map_err(|e| ConfigError(format!("telemetry.log_filter is not a valid filter: {e}")))?;
+        if !self.otlp_endpoint.is_empty() && !self.otlp_endpoint.starts_with("http") {
+            return Err(ConfigError("telemetry.otlp_endpoint must be an http(s) URL".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Flushes and shuts the exporter down when dropped.
+pub struct TelemetryGuard {
+    provider_opt: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Exports every span ended so far.
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider_opt {
+            let _ = provider.force_flush();
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider_opt.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber. Must run inside a tokio runtime when OTLP export is on.
+/// A second call (tests) keeps the first subscriber.
+pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
+    use anyhow::Context as _;
+    let filter = EnvFilter::try_new(&cfg.log_filter).context("failed to parse telemetry.log_filter")?;
+    let fmt_layer = match cfg.log_format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
+    };
+    let mut provider_opt = None;
+    let otel_layer_opt = if cfg.otlp_endpoint.is_empty() {
+        None
+    } else {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(cfg.otlp_endpoint.clone())
+            .build()
+            .context("failed to build the otlp span exporter")?;
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+                opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(cfg.sample_ratio),
+            )))
+            .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(cfg.service_name.clone()).build())
+            .build();
+        let tracer = provider.tracer("carnet");
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        provider_opt = Some(provider);
+        Some(tracing_opentelemetry::layer().with_tracer(tracer))
+    };
+    let _ = tracing_subscriber::registry().with(filter).with(fmt_layer).with(otel_layer_opt).try_init();
+    Ok(TelemetryGuard { provider_opt })
+}
