@@ -1,1 +1,143 @@
-fn main(){}
+//! `carnet`: one binary, two modes. `carnet up` runs every target in one process on SQLite;
+//! `carnet serve --target T` runs the named targets on their configured databases.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use carnet_cli::node::{self, Mode};
+use carnet_cli::{CarnetConfig, Target};
+
+#[derive(Parser, Debug)]
+#[command(name = "carnet", version, about = "Carnet, the GDPR-first CRM platform")]
+struct Cli {
+    /// Configuration file (TOML); CARNET__SECTION__KEY environment variables override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs every target in one process on SQLite (no external service needed).
+    Up {
+        /// Where the SQLite databases and generated keys live.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<String>,
+        /// The gRPC listen address.
+        #[arg(long, value_name = "HOST:PORT")]
+        grpc_addr: Option<String>,
+    },
+    /// Runs the named targets (split mode).
+    Serve {
+        #[arg(long = "target", required = true, value_name = "TARGET")]
+        targets: Vec<Target>,
+    },
+    /// Runs the migrations of the named (default: all) services and exits.
+    Migrate {
+        #[arg(long = "target", value_name = "TARGET")]
+        targets: Vec<Target>,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<String>,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Prints the effective configuration with secrets redacted.
+    Show,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: failed to start the runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config_path = cli.config.as_deref();
+    match cli.command {
+        Command::Up { data_dir, grpc_addr } => {
+            let mut overrides = Vec::new();
+            if let Some(dir) = data_dir {
+                overrides.push(("node.data_dir", dir));
+            }
+            if let Some(addr) = grpc_addr {
+                overrides.push(("grpc.listen_addr", addr));
+            }
+            let cfg = CarnetConfig::load(config_path, &overrides)?;
+            let _telemetry = carnet_kit::telemetry::init(&cfg.telemetry)?;
+            let node = node::start(&cfg, Mode::Monolith, &Target::ALL).await?;
+            eprintln!(
+                "carnet is up: gRPC on {} (targets: {}), data in {}",
+                node.grpc_addr,
+                node.targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", "),
+                cfg.data_dir().display()
+            );
+            node.run_until(shutdown_signal()).await
+        }
+        Command::Serve { targets } => {
+            let cfg = CarnetConfig::load(config_path, &[])?;
+            let _telemetry = carnet_kit::telemetry::init(&cfg.telemetry)?;
+            let node = node::start(&cfg, Mode::Split, &targets).await?;
+            node.run_until(shutdown_signal()).await
+        }
+        Command::Migrate { targets, data_dir } => {
+            let overrides: Vec<(&str, String)> = data_dir.into_iter().map(|d| ("node.data_dir", d)).collect();
+            let cfg = CarnetConfig::load(config_path, &overrides)?;
+            let targets = if targets.is_empty() { Target::ALL.to_vec() } else { targets };
+            for target in targets {
+                let db = node::open_database(&cfg, target, true).await?;
+                db.close().await;
+                println!("{target}: migrations applied");
+            }
+            Ok(())
+        }
+        Command::Config { command: ConfigCommand::Show } => {
+            let cfg = CarnetConfig::load(config_path, &[])?;
+            print!("{}", carnet_kit::config::redacted_toml(&cfg));
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+

@@ -6,13 +6,15 @@
 //! - [`error`]: the one error-code table, mapped to gRPC status and HTTP status.
 //! - [`caller`]: the signed caller context (tenant, principal, permissions) carried in gRPC metadata.
 //! - [`db`]: database connections (SQLite with WAL by default, PostgreSQL in split mode).
-//! - [`grpc`]: conversions and serving helpers shared by the gRPC servers.
+//! - [`grpc`]: conversions shared by the gRPC handlers.
+//! - [`outbox`]: events written in the same transaction as the change.
 
 pub mod caller;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod grpc;
+pub mod outbox;
 pub mod telemetry;
 
 pub use caller::{Caller, CallerInterceptor, CallerSigner, MeshKey, Permission};

@@ -1,0 +1,10 @@
+//! The `carnet` binary as a library: configuration, targets and node start-up, shared by the
+//! command line and the in-process test sandbox.
+
+pub mod config;
+pub mod node;
+pub mod target;
+
+pub use config::CarnetConfig;
+pub use node::{Mode, Node};
+pub use target::Target;

@@ -1,0 +1,177 @@
+//! Starting a node: the targets of this process behind one gRPC server, with the health and
+//! reflection services, the caller-context check on every service, and a graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use carnet_contacts::{ContactStore, ContactsGrpc};
+use carnet_kit::db::{self, Db};
+use carnet_kit::{CallerInterceptor, MeshKey};
+use carnet_migrations::MigratorTrait;
+use carnet_proto::contacts::v1::contacts_service_server::ContactsServiceServer;
+
+use crate::config::CarnetConfig;
+use crate::target::Target;
+
+/// How a node runs: everything in one process on SQLite, or named targets on configured databases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `carnet up`: migrations run at start, a missing mesh key is generated into the data dir.
+    Monolith,
+    /// `carnet serve`: migrations must have been run by `carnet migrate`; the mesh key is required.
+    Split,
+}
+
+/// A running node.
+pub struct Node {
+    pub grpc_addr: SocketAddr,
+    pub mesh_key: MeshKey,
+    pub targets: Vec<Target>,
+    shutdown_tx_opt: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    dbs: Vec<Db>,
+}
+
+impl Node {
+    /// Stops accepting calls, lets running calls finish, and closes the databases.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown_tx_opt.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.server).await.context("grpc server task failed")?.context("grpc server failed")?;
+        for db in self.dbs.drain(..) {
+            db.close().await;
+        }
+        Ok(())
+    }
+
+    /// Waits until the server stops on its own (an error) or `signal` resolves, then shuts down.
+    pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::select! {
+            res = &mut self.server => {
+                res.context("grpc server task failed")?.context("grpc server failed")?;
+                bail!("grpc server stopped unexpectedly");
+            }
+            _ = signal => self.shutdown().await,
+        }
+    }
+}
+
+/// Returns the mesh key from config, or in monolith mode the one kept in the data dir
+/// (generated on first start, readable by the owner only).
+pub fn mesh_key(cfg: &CarnetConfig, mode: Mode) -> anyhow::Result<MeshKey> {
+    if !cfg.mesh.signing_key.is_empty() {
+        return MeshKey::from_text(&cfg.mesh.signing_key).map_err(|e| anyhow::anyhow!("mesh.signing_key: {e}"));
+    }
+    if mode == Mode::Split {
+        bail!("mesh.signing_key is required in split mode (set CARNET__MESH__SIGNING_KEY)");
+    }
+    let path = cfg.data_dir().join("mesh.key");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("failed to read {}", path.display()))?;
+        return MeshKey::from_text(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+    }
+    std::fs::create_dir_all(cfg.data_dir()).context("failed to create the data dir")?;
+    let key = MeshKey::generate();
+    write_private(&path, &key.to_hex())?;
+    Ok(key)
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut file = opts.open(path).with_context(|| format!("failed to create {}", path.display()))?;
+    file.write_all(text.as_bytes()).context("failed to write the mesh key")?;
+    Ok(())
+}
+
+/// Returns the database URL of a target: its configured URL, or a SQLite file in the data dir.
+pub fn database_url(cfg: &CarnetConfig, target: Target) -> anyhow::Result<(String, u32)> {
+    let (url, max) = match target {
+        Target::Contacts => (&cfg.contacts.database_url, cfg.contacts.max_connections),
+    };
+    if !url.is_empty() {
+        return Ok((url.clone(), max));
+    }
+    std::fs::create_dir_all(cfg.data_dir()).context("failed to create the data dir")?;
+    Ok((db::sqlite_url(&cfg.data_dir().join(format!("{target}.db"))), max))
+}
+
+/// Connects to a target's database and runs (`apply`) or checks its migrations.
+pub async fn open_database(cfg: &CarnetConfig, target: Target, apply: bool) -> anyhow::Result<Db> {
+    let (url, max) = database_url(cfg, target)?;
+    let db = db::connect(&url, max).await.with_context(|| format!("failed to connect to the {target} database"))?;
+    match target {
+        Target::Contacts => migrate::<carnet_migrations::contacts::Migrator>(&db, target, apply).await?,
+    }
+    Ok(db)
+}
+
+async fn migrate<M: MigratorTrait>(db: &Db, target: Target, apply: bool) -> anyhow::Result<()> {
+    if apply {
+        M::up(&db.write, None).await.with_context(|| format!("failed to migrate the {target} database"))?;
+        return Ok(());
+    }
+    let pending = M::get_pending_migrations(&db.write).await.context("failed to read migration state")?;
+    if !pending.is_empty() {
+        bail!("the {target} database has {} pending migrations: run `carnet migrate --target {target}` first", pending.len());
+    }
+    Ok(())
+}
+
+/// Starts the given targets behind one gRPC server on `cfg.grpc.listen_addr` (port 0 picks a
+/// free port; see [`Node::grpc_addr`]).
+pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow::Result<Node> {
+    if targets.is_empty() {
+        bail!("no target to run");
+    }
+    let mesh_key = mesh_key(cfg, mode)?;
+    let interceptor = CallerInterceptor::new(mesh_key.clone());
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(carnet_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("failed to build the reflection service")?;
+    let mut server = tonic::transport::Server::builder()
+        .timeout(Duration::from_millis(cfg.grpc.request_timeout_ms))
+        .tcp_nodelay(true);
+    let mut router = server.add_service(health_service).add_service(reflection);
+    let mut dbs = Vec::new();
+    let mut sorted = targets.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    for target in &sorted {
+        let db = open_database(cfg, *target, mode == Mode::Monolith).await?;
+        match target {
+            Target::Contacts => {
+                let grpc = ContactsGrpc::new(ContactStore::new(db.clone()));
+                let svc = ContactsServiceServer::new(grpc).max_decoding_message_size(cfg.grpc.max_message_bytes);
+                router = router.add_service(tonic::service::interceptor::InterceptedService::new(svc, interceptor.clone()));
+                health_reporter
+                    .set_service_status("carnet.contacts.v1.ContactsService", tonic_health::ServingStatus::Serving)
+                    .await;
+            }
+        }
+        dbs.push(db);
+    }
+    let addr: SocketAddr = cfg.grpc.listen_addr.parse().context("grpc.listen_addr")?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("failed to bind {addr}"))?;
+    let grpc_addr = listener.local_addr()?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = shutdown_rx.await;
+    }));
+    tracing::info!(%grpc_addr, targets = ?sorted, ?mode, "carnet node started");
+    Ok(Node { grpc_addr, mesh_key, targets: sorted, shutdown_tx_opt: Some(shutdown_tx), server, dbs })
+}

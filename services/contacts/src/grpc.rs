@@ -1,0 +1,180 @@
+//! The tonic handlers of `carnet.contacts.v1.ContactsService`. Each handler reads the verified
+//! caller, checks its permission, and delegates to the store with the caller's tenant.
+
+use tonic::{Request, Response, Status};
+
+use carnet_kit::grpc::parse_id;
+use carnet_kit::{Caller, Permission, ServiceError};
+use carnet_proto::common::v1 as pb_common;
+use carnet_proto::contacts::v1 as pb;
+use carnet_proto::contacts::v1::contacts_service_server::ContactsService;
+
+use crate::convert;
+use crate::domain::{ContactInput, ContactPatch, FlagKind};
+use crate::store::ContactStore;
+
+/// The gRPC face of the contacts service.
+#[derive(Clone, Debug)]
+pub struct ContactsGrpc {
+    store: ContactStore,
+}
+
+impl ContactsGrpc {
+    pub fn new(store: ContactStore) -> Self {
+        ContactsGrpc { store }
+    }
+}
+
+fn caller<T>(request: &Request<T>, permission: Permission) -> Result<Caller, Status> {
+    let caller = Caller::of(request)?;
+    caller.require(permission)?;
+    Ok(caller)
+}
+
+fn reason_opt(reason: String) -> Option<String> {
+    Some(reason.trim().to_string()).filter(|r| !r.is_empty())
+}
+
+#[tonic::async_trait]
+impl ContactsService for ContactsGrpc {
+    async fn create_contact(&self, request: Request<pb::CreateContactRequest>) -> Result<Response<pb::Contact>, Status> {
+        let caller = caller(&request, Permission::ContactsWrite)?;
+        let mut req = request.into_inner();
+        let source = convert::source_from_proto(req.source.take(), &caller.principal)?;
+        let input = convert::input_from_create(&mut req)?;
+        let contact = self.store.create(caller.tenant_id, input, source).await?;
+        tracing::info!(tenant_id = %caller.tenant_id, contact_id = %contact.id, "contact created");
+        Ok(Response::new(convert::contact_to_proto(contact)))
+    }
+
+    async fn get_contact(&self, request: Request<pb::GetContactRequest>) -> Result<Response<pb::Contact>, Status> {
+        let caller = caller(&request, Permission::ContactsRead)?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let contact = self.store.get(caller.tenant_id, id).await?;
+        Ok(Response::new(convert::contact_to_proto(contact)))
+    }
+
+    async fn update_contact(&self, request: Request<pb::UpdateContactRequest>) -> Result<Response<pb::Contact>, Status> {
+        let caller = caller(&request, Permission::ContactsWrite)?;
+        let req = request.into_inner();
+        let id = parse_id("id", &req.id)?;
+        let patch = ContactPatch {
+            set: ContactInput {
+                email_opt: req.email,
+                first_name_opt: req.first_name,
+                last_name_opt: req.last_name,
+                phone_opt: req.phone,
+                fields: convert::fields_from_proto(req.fields)?,
+            },
+            clear: req.clear_fields,
+            reason_opt: reason_opt(req.reason),
+            expected_version_opt: req.expected_version,
+        };
+        let contact = self.store.update(caller.tenant_id, id, &caller.principal, patch).await?;
+        tracing::info!(tenant_id = %caller.tenant_id, contact_id = %id, "contact rectified");
+        Ok(Response::new(convert::contact_to_proto(contact)))
+    }
+
+    async fn delete_contact(&self, request: Request<pb::DeleteContactRequest>) -> Result<Response<pb::DeleteContactResponse>, Status> {
+        let caller = caller(&request, Permission::ContactsDelete)?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        self.store.delete(caller.tenant_id, id).await?;
+        tracing::info!(tenant_id = %caller.tenant_id, contact_id = %id, "contact deleted");
+        Ok(Response::new(pb::DeleteContactResponse {}))
+    }
+
+    async fn list_contacts(&self, request: Request<pb::ListContactsRequest>) -> Result<Response<pb::ListContactsResponse>, Status> {
+        let caller = caller(&request, Permission::ContactsRead)?;
+        let req = request.into_inner();
+        let page = self.store.list(caller.tenant_id, &req.query, req.limit, &req.cursor).await?;
+        Ok(Response::new(pb::ListContactsResponse {
+            contacts: page.contacts.into_iter().map(convert::contact_to_proto).collect(),
+            next_cursor: page.next_cursor_opt.unwrap_or_default(),
+        }))
+    }
+
+    async fn merge_contacts(&self, request: Request<pb::MergeContactsRequest>) -> Result<Response<pb::Contact>, Status> {
+        let caller = caller(&request, Permission::ContactsWrite)?;
+        let req = request.get_ref();
+        let id = parse_id("id", &req.id)?;
+        let other_id = parse_id("other_id", &req.other_id)?;
+        let contact = self.store.merge(caller.tenant_id, id, other_id, &caller.principal).await?;
+        tracing::info!(tenant_id = %caller.tenant_id, contact_id = %id, merged_id = %other_id, "contacts merged");
+        Ok(Response::new(convert::contact_to_proto(contact)))
+    }
+
+    async fn get_contact_history(
+        &self,
+        request: Request<pb::GetContactHistoryRequest>,
+    ) -> Result<Response<pb::GetContactHistoryResponse>, Status> {
+        let caller = caller(&request, Permission::ContactsRead)?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let changes = self.store.history(caller.tenant_id, id).await?;
+        Ok(Response::new(pb::GetContactHistoryResponse { changes: changes.into_iter().map(convert::change_to_proto).collect() }))
+    }
+
+    async fn get_field_policy(&self, request: Request<pb::GetFieldPolicyRequest>) -> Result<Response<pb::FieldPolicy>, Status> {
+        let caller = caller(&request, Permission::ContactsRead)?;
+        let policy = self.store.field_policy(caller.tenant_id).await?;
+        Ok(Response::new(convert::policy_to_proto(policy)))
+    }
+
+    async fn set_field_policy(&self, request: Request<pb::SetFieldPolicyRequest>) -> Result<Response<pb::FieldPolicy>, Status> {
+        let caller = caller(&request, Permission::PolicyManage)?;
+        let fields = convert::definitions_from_proto(request.into_inner().fields)?;
+        let policy = self.store.set_field_policy(caller.tenant_id, &caller.principal, fields).await?;
+        tracing::info!(tenant_id = %caller.tenant_id, version = policy.version, "field policy set");
+        Ok(Response::new(convert::policy_to_proto(policy)))
+    }
+
+    async fn set_restriction(&self, request: Request<pb::SetFlagRequest>) -> Result<Response<pb::Contact>, Status> {
+        self.set_flag(request, FlagKind::Restriction).await
+    }
+
+    async fn set_objection(&self, request: Request<pb::SetFlagRequest>) -> Result<Response<pb::Contact>, Status> {
+        self.set_flag(request, FlagKind::Objection).await
+    }
+
+    async fn export_subject(
+        &self,
+        request: Request<pb_common::ExportSubjectRequest>,
+    ) -> Result<Response<pb_common::ExportSubjectResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        caller.require_any(&[Permission::ContactsExport, Permission::DsarManage])?;
+        let id = parse_id("subject_id", &request.get_ref().subject_id)?;
+        let (doc, count) = self.store.export_subject(caller.tenant_id, id).await?;
+        tracing::info!(tenant_id = %caller.tenant_id, contact_id = %id, records = count, "subject exported");
+        Ok(Response::new(pb_common::ExportSubjectResponse {
+            service: crate::SERVICE_NAME.to_string(),
+            schema_version: crate::EXPORT_SCHEMA_VERSION,
+            document_json: serde_json::to_vec(&doc).map_err(|_| ServiceError::internal("export serialisation"))?,
+            record_count: count,
+        }))
+    }
+
+    async fn erase_subject(
+        &self,
+        request: Request<pb_common::EraseSubjectRequest>,
+    ) -> Result<Response<pb_common::EraseSubjectResponse>, Status> {
+        let caller = caller(&request, Permission::DsarManage)?;
+        let req = request.get_ref();
+        let id = parse_id("subject_id", &req.subject_id)?;
+        let erased = self.store.erase_subject(caller.tenant_id, id, &req.request_id).await?;
+        tracing::info!(tenant_id = %caller.tenant_id, contact_id = %id, contacts = erased.contacts, changes = erased.contact_changes, "subject erased");
+        Ok(Response::new(pb_common::EraseSubjectResponse {
+            service: crate::SERVICE_NAME.to_string(),
+            removed: [("contacts".to_string(), erased.contacts), ("contact_changes".to_string(), erased.contact_changes)].into(),
+        }))
+    }
+}
+
+impl ContactsGrpc {
+    async fn set_flag(&self, request: Request<pb::SetFlagRequest>, kind: FlagKind) -> Result<Response<pb::Contact>, Status> {
+        let caller = caller(&request, Permission::ContactsWrite)?;
+        let req = request.into_inner();
+        let id = parse_id("id", &req.id)?;
+        let contact = self.store.set_flag(caller.tenant_id, id, &caller.principal, kind, req.active, reason_opt(req.reason)).await?;
+        tracing::info!(tenant_id = %caller.tenant_id, contact_id = %id, ?kind, active = req.active, "contact flag set");
+        Ok(Response::new(convert::contact_to_proto(contact)))
+    }
+}

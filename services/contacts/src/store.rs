@@ -1,0 +1,686 @@
+//! The contacts store: every operation is scoped by tenant, runs in one transaction on the write
+//! handle, and writes its event to the outbox in that same transaction, so a failed request
+//! leaves no partial rows and no event.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::Utc;
+use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel, QueryFilter,
+    QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
+};
+use uuid::Uuid;
+
+use carnet_kit::db::Db;
+use carnet_kit::{ErrorCode, ServiceError, outbox};
+use carnet_proto::events::v1::{ContactErased, ContactMerged, ContactUpserted, event::Payload};
+
+use crate::convert::channel_to_proto;
+use crate::domain::{
+    Channel, Contact, ContactChange, ContactInput, ContactPage, ContactPatch, Erased, FieldDefinition, FieldPolicy,
+    FieldValue, Flag, FlagKind, Source, is_builtin,
+};
+use crate::entity::{contact, contact_change, field_policy};
+use crate::validate;
+
+/// Default and maximum page sizes of [`ContactStore::list`].
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 500;
+
+/// Maps a database error to `internal`, logging its kind (database messages name constraints,
+/// never values).
+fn db_err(err: DbErr) -> ServiceError {
+    tracing::error!(error = %err, "contacts database error");
+    ServiceError::internal("database error")
+}
+
+#[derive(Clone, Debug)]
+pub struct ContactStore {
+    db: Db,
+}
+
+impl ContactStore {
+    pub fn new(db: Db) -> Self {
+        ContactStore { db }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Returns the tenant's field policy, or the built-in default when it never set one.
+    pub async fn field_policy(&self, tenant_id: Uuid) -> Result<FieldPolicy, ServiceError> {
+        load_policy(&self.db.read, tenant_id).await
+    }
+
+    /// Replaces the tenant's field policy with a new version.
+    pub async fn set_field_policy(
+        &self,
+        tenant_id: Uuid,
+        actor: &str,
+        fields: Vec<FieldDefinition>,
+    ) -> Result<FieldPolicy, ServiceError> {
+        validate::validate_policy(&fields)?;
+        let txn = self.db.write.begin().await.map_err(db_err)?;
+        let current = load_policy(&txn, tenant_id).await?;
+        let now = Utc::now();
+        let json = serde_json::to_value(&fields).map_err(|_| ServiceError::internal("policy serialisation"))?;
+        let model = field_policy::ActiveModel {
+            tenant_id: Set(tenant_id),
+            fields: Set(json),
+            version: Set(current.version + 1),
+            updated_by: Set(actor.to_string()),
+            updated_at: Set(now),
+        };
+        if current.version == 0 {
+            field_policy::Entity::insert(model).exec_without_returning(&txn).await.map_err(db_err)?;
+        } else {
+            model.update(&txn).await.map_err(db_err)?;
+        }
+        txn.commit().await.map_err(db_err)?;
+        Ok(FieldPolicy { fields, version: current.version + 1, updated_by: actor.to_string(), updated_at_opt: Some(now) })
+    }
+
+    /// Creates a contact. The source is mandatory; every field must be in the policy; the
+    /// normalised e-mail and phone must be new to the tenant (`already_exists` carries the id).
+    pub async fn create(&self, tenant_id: Uuid, input: ContactInput, source: Source) -> Result<Contact, ServiceError> {
+        let txn = self.db.write.begin().await.map_err(db_err)?;
+        let policy = load_policy(&txn, tenant_id).await?;
+        let valid = validate::validate_input(&policy, &input)?;
+        let keys = valid.keys();
+        validate::check_required(&policy, &|k| keys.iter().any(|p| p == k))?;
+        check_unique(&txn, tenant_id, None, valid.email_opt.as_deref(), valid.phone_opt.as_deref()).await?;
+        let now = Utc::now();
+        let id = Uuid::now_v7();
+        let model = contact::ActiveModel {
+            id: Set(id),
+            tenant_id: Set(tenant_id),
+            email: Set(valid.email_opt),
+            first_name: Set(valid.first_name_opt),
+            last_name: Set(valid.last_name_opt),
+            phone: Set(valid.phone_opt),
+            fields: Set(fields_json(&valid.fields)),
+            source_channel: Set(source.channel.as_str().to_string()),
+            source_detail: Set(source.detail.clone()),
+            source_actor: Set(source.actor.clone()),
+            source_collected_at: Set(source.collected_at),
+            restricted: Set(false),
+            restriction_reason: Set(None),
+            restricted_at: Set(None),
+            objected: Set(false),
+            objection_reason: Set(None),
+            objected_at: Set(None),
+            version: Set(1),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        let model = insert_contact(&txn, &self.db.read, model).await?;
+        record_change(&txn, tenant_id, id, "created", &keys, &source.actor, None, None, None).await?;
+        let event = ContactUpserted {
+            contact_id: id.to_string(),
+            created: true,
+            changed_fields: keys,
+            source_channel: channel_to_proto(source.channel) as i32,
+        };
+        outbox::enqueue(&txn, tenant_id, Payload::ContactUpserted(event)).await.map_err(db_err)?;
+        txn.commit().await.map_err(db_err)?;
+        to_domain(model)
+    }
+
+    /// Returns one contact of the tenant; another tenant's id reads as `not_found`.
+    pub async fn get(&self, tenant_id: Uuid, id: Uuid) -> Result<Contact, ServiceError> {
+        to_domain(find(&self.db.read, tenant_id, id, "id").await?)
+    }
+
+    /// Rectifies a contact and records which fields changed (never the old values).
+    pub async fn update(&self, tenant_id: Uuid, id: Uuid, actor: &str, patch: ContactPatch) -> Result<Contact, ServiceError> {
+        let txn = self.db.write.begin().await.map_err(db_err)?;
+        let policy = load_policy(&txn, tenant_id).await?;
+        let current = find(&txn, tenant_id, id, "id").await?;
+        if let Some(expected) = patch.expected_version_opt {
+            if expected != current.version {
+                return Err(ServiceError::new(
+                    ErrorCode::Conflict,
+                    format!("contact {id} is at version {}, not {expected}", current.version),
+                )
+                .with_field("expected_version"));
+            }
+        }
+        let valid = validate::validate_input(&policy, &patch.set)?;
+        for (i, key) in patch.clear.iter().enumerate() {
+            let field = format!("clear_fields[{i}]");
+            if valid.keys().contains(key) {
+                return Err(ServiceError::invalid_field(field, format!("`{key}` is both set and cleared")));
+            }
+            if !is_builtin(key) && policy.get(key).is_none() && !current_fields(&current).contains_key(key) {
+                return Err(ServiceError::invalid_field(field, format!("`{key}` is not a known field")));
+            }
+        }
+        let mut next = current.clone();
+        let mut fields = current_fields(&current);
+        let mut changed: Vec<String> = Vec::new();
+        let mut set_builtin = |key: &str, slot: &mut Option<String>, value_opt: Option<String>, cleared: bool| {
+            let new = if cleared { None } else { value_opt.or_else(|| slot.clone()) };
+            if new != *slot {
+                *slot = new;
+                changed.push(key.to_string());
+            }
+        };
+        let cleared = |key: &str| patch.clear.iter().any(|k| k == key);
+        set_builtin("email", &mut next.email, valid.email_opt.clone(), cleared("email"));
+        set_builtin("first_name", &mut next.first_name, valid.first_name_opt, cleared("first_name"));
+        set_builtin("last_name", &mut next.last_name, valid.last_name_opt, cleared("last_name"));
+        set_builtin("phone", &mut next.phone, valid.phone_opt.clone(), cleared("phone"));
+        for (key, value) in valid.fields {
+            if fields.get(&key) != Some(&value) {
+                fields.insert(key.clone(), value);
+                changed.push(key);
+            }
+        }
+        for key in patch.clear.iter().filter(|k| !is_builtin(k)) {
+            if fields.remove(key).is_some() {
+                changed.push(key.clone());
+            }
+        }
+        if changed.is_empty() {
+            return to_domain(current);
+        }
+        let present = |k: &str| match k {
+            "email" => next.email.is_some(),
+            "first_name" => next.first_name.is_some(),
+            "last_name" => next.last_name.is_some(),
+            "phone" => next.phone.is_some(),
+            other => fields.contains_key(other),
+        };
+        validate::check_required(&policy, &present)?;
+        let email_opt = next.email.clone().filter(|_| changed.iter().any(|k| k == "email"));
+        let phone_opt = next.phone.clone().filter(|_| changed.iter().any(|k| k == "phone"));
+        check_unique(&txn, tenant_id, Some(id), email_opt.as_deref(), phone_opt.as_deref()).await?;
+        let mut model = current.into_active_model();
+        model.email = Set(next.email);
+        model.first_name = Set(next.first_name);
+        model.last_name = Set(next.last_name);
+        model.phone = Set(next.phone);
+        model.fields = Set(fields_json(&fields));
+        model.version = Set(next.version + 1);
+        model.updated_at = Set(Utc::now());
+        let model = update_contact(&txn, &self.db.read, model).await?;
+        record_change(&txn, tenant_id, id, "rectified", &changed, actor, patch.reason_opt, None, None).await?;
+        let event = ContactUpserted {
+            contact_id: id.to_string(),
+            created: false,
+            changed_fields: changed,
+            source_channel: channel_to_proto(parse_channel(&model.source_channel)?) as i32,
+        };
+        outbox::enqueue(&txn, tenant_id, Payload::ContactUpserted(event)).await.map_err(db_err)?;
+        txn.commit().await.map_err(db_err)?;
+        to_domain(model)
+    }
+
+    /// Deletes a contact and its history.
+    pub async fn delete(&self, tenant_id: Uuid, id: Uuid) -> Result<(), ServiceError> {
+        let txn = self.db.write.begin().await.map_err(db_err)?;
+        find(&txn, tenant_id, id, "id").await?;
+        remove_subject(&txn, tenant_id, id, "").await?;
+        txn.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Erases everything the service holds about a subject (Art. 17). Idempotent: erasing an
+    /// absent subject removes nothing and succeeds, so the DSAR orchestrator can retry.
+    pub async fn erase_subject(&self, tenant_id: Uuid, id: Uuid, request_id: &str) -> Result<Erased, ServiceError> {
+        let txn = self.db.write.begin().await.map_err(db_err)?;
+        let erased = remove_subject(&txn, tenant_id, id, request_id).await?;
+        txn.commit().await.map_err(db_err)?;
+        Ok(erased)
+    }
+
+    /// Lists the tenant's contacts in creation order, optionally matching `query`
+    /// (case-insensitive substring of e-mail, names or phone).
+    pub async fn list(&self, tenant_id: Uuid, query: &str, limit: u32, cursor: &str) -> Result<ContactPage, ServiceError> {
+        let limit = match limit {
+            0 => DEFAULT_PAGE_SIZE,
+            1..=MAX_PAGE_SIZE => limit,
+            _ => return Err(ServiceError::invalid_field("limit", format!("must be between 1 and {MAX_PAGE_SIZE}"))),
+        };
+        let mut select = contact::Entity::find().filter(contact::Column::TenantId.eq(tenant_id));
+        if !cursor.is_empty() {
+            let after = decode_cursor(cursor)?;
+            select = select.filter(contact::Column::Id.gt(after));
+        }
+        let query = query.trim().to_lowercase();
+        if query.chars().count() > 200 {
+            return Err(ServiceError::invalid_field("query", "is longer than 200 characters"));
+        }
+        if !query.is_empty() {
+            let escaped = query.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            let pattern = format!("%{escaped}%");
+            let like = |col: contact::Column| {
+                Expr::expr(Func::lower(Expr::col((contact::Entity, col)))).like(LikeExpr::new(pattern.clone()).escape('\\'))
+            };
+            let mut any = Condition::any()
+                .add(like(contact::Column::Email))
+                .add(like(contact::Column::FirstName))
+                .add(like(contact::Column::LastName));
+            let digits: String = query.chars().filter(|c| c.is_ascii_digit()).collect();
+            if !digits.is_empty() {
+                any = any.add(contact::Column::Phone.like(format!("%{digits}%")));
+            }
+            select = select.filter(any);
+        }
+        let mut rows = select
+            .order_by_asc(contact::Column::Id)
+            .limit(u64::from(limit) + 1)
+            .all(&self.db.read)
+            .await
+            .map_err(db_err)?;
+        let next_cursor_opt = if rows.len() > limit as usize {
+            rows.truncate(limit as usize);
+            rows.last().map(|last| URL_SAFE_NO_PAD.encode(last.id.as_bytes()))
+        } else {
+            None
+        };
+        let contacts = rows.into_iter().map(to_domain).collect::<Result<_, _>>()?;
+        Ok(ContactPage { contacts, next_cursor_opt })
+    }
+
+    /// Folds `other_id` into `id`: blanks of the survivor are filled from the duplicate, flags
+    /// are combined (the more protective wins), the duplicate's history moves over and its
+    /// provenance is kept in the `merged` change entry; the duplicate is removed.
+    pub async fn merge(&self, tenant_id: Uuid, id: Uuid, other_id: Uuid, actor: &str) -> Result<Contact, ServiceError> {
+        if id == other_id {
+            return Err(ServiceError::invalid_field("other_id", "must differ from id"));
+        }
+        let txn = self.db.write.begin().await.map_err(db_err)?;
+        let keep = find(&txn, tenant_id, id, "id").await?;
+        let other = find(&txn, tenant_id, other_id, "other_id").await?;
+        let other_source = source_of(&other)?;
+        let mut taken: Vec<String> = Vec::new();
+        let mut model = keep.clone().into_active_model();
+        let mut fill = |key: &str, mine: &Option<String>, theirs: &Option<String>| -> Option<String> {
+            if mine.is_none() && theirs.is_some() {
+                taken.push(key.to_string());
+                theirs.clone()
+            } else {
+                mine.clone()
+            }
+        };
+        let email = fill("email", &keep.email, &other.email);
+        let first_name = fill("first_name", &keep.first_name, &other.first_name);
+        let last_name = fill("last_name", &keep.last_name, &other.last_name);
+        let phone = fill("phone", &keep.phone, &other.phone);
+        let mut fields = current_fields(&keep);
+        for (key, value) in current_fields(&other) {
+            if !fields.contains_key(&key) {
+                taken.push(key.clone());
+                fields.insert(key, value);
+            }
+        }
+        if other.restricted && !keep.restricted {
+            model.restricted = Set(true);
+            model.restriction_reason = Set(other.restriction_reason.clone());
+            model.restricted_at = Set(other.restricted_at);
+            taken.push("restriction".into());
+        }
+        if other.objected && !keep.objected {
+            model.objected = Set(true);
+            model.objection_reason = Set(other.objection_reason.clone());
+            model.objected_at = Set(other.objected_at);
+            taken.push("objection".into());
+        }
+        // The duplicate goes first, so the survivor can take its unique e-mail and phone.
+        contact_change::Entity::update_many()
+            .col_expr(contact_change::Column::ContactId, Expr::value(id))
+            .filter(contact_change::Column::TenantId.eq(tenant_id))
+            .filter(contact_change::Column::ContactId.eq(other_id))
+            .exec(&txn)
+            .await
+            .map_err(db_err)?;
+        contact::Entity::delete_many()
+            .filter(contact::Column::TenantId.eq(tenant_id))
+            .filter(contact::Column::Id.eq(other_id))
+            .exec(&txn)
+            .await
+            .map_err(db_err)?;
+        model.email = Set(email);
+        model.first_name = Set(first_name);
+        model.last_name = Set(last_name);
+        model.phone = Set(phone);
+        model.fields = Set(fields_json(&fields));
+        model.version = Set(keep.version + 1);
+        model.updated_at = Set(Utc::now());
+        let model = update_contact(&txn, &self.db.read, model).await?;
+        record_change(&txn, tenant_id, id, "merged", &taken, actor, None, Some(other_id), Some(&other_source)).await?;
+        let merged = ContactMerged { contact_id: id.to_string(), merged_id: other_id.to_string() };
+        outbox::enqueue(&txn, tenant_id, Payload::ContactMerged(merged)).await.map_err(db_err)?;
+        txn.commit().await.map_err(db_err)?;
+        to_domain(model)
+    }
+
+    /// Sets or lifts the restriction (Art. 18) or objection (Art. 21) flag. Setting a flag to
+    /// its current state changes nothing.
+    pub async fn set_flag(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        actor: &str,
+        kind: FlagKind,
+        active: bool,
+        reason_opt: Option<String>,
+    ) -> Result<Contact, ServiceError> {
+        if reason_opt.as_ref().is_some_and(|r| r.chars().count() > validate::MAX_TEXT_CHARS) {
+            return Err(ServiceError::invalid_field("reason", "is longer than 1000 characters"));
+        }
+        let txn = self.db.write.begin().await.map_err(db_err)?;
+        let current = find(&txn, tenant_id, id, "id").await?;
+        let is_active = match kind {
+            FlagKind::Restriction => current.restricted,
+            FlagKind::Objection => current.objected,
+        };
+        if is_active == active {
+            return to_domain(current);
+        }
+        let now = Utc::now();
+        let since_opt = active.then_some(now);
+        let reason_kept = reason_opt.clone().filter(|_| active);
+        let version = current.version + 1;
+        let mut model = current.into_active_model();
+        let (field, change_kind) = match kind {
+            FlagKind::Restriction => {
+                model.restricted = Set(active);
+                model.restriction_reason = Set(reason_kept);
+                model.restricted_at = Set(since_opt);
+                ("restriction", if active { "restriction_set" } else { "restriction_lifted" })
+            }
+            FlagKind::Objection => {
+                model.objected = Set(active);
+                model.objection_reason = Set(reason_kept);
+                model.objected_at = Set(since_opt);
+                ("objection", if active { "objection_set" } else { "objection_lifted" })
+            }
+        };
+        model.version = Set(version);
+        model.updated_at = Set(now);
+        let model = update_contact(&txn, &self.db.read, model).await?;
+        record_change(&txn, tenant_id, id, change_kind, &[field.to_string()], actor, reason_opt, None, None).await?;
+        let event = ContactUpserted {
+            contact_id: id.to_string(),
+            created: false,
+            changed_fields: vec![field.to_string()],
+            source_channel: channel_to_proto(parse_channel(&model.source_channel)?) as i32,
+        };
+        outbox::enqueue(&txn, tenant_id, Payload::ContactUpserted(event)).await.map_err(db_err)?;
+        txn.commit().await.map_err(db_err)?;
+        to_domain(model)
+    }
+
+    /// Returns the change history of a contact, oldest first.
+    pub async fn history(&self, tenant_id: Uuid, id: Uuid) -> Result<Vec<ContactChange>, ServiceError> {
+        find(&self.db.read, tenant_id, id, "id").await?;
+        load_history(&self.db.read, tenant_id, id).await
+    }
+
+    /// Returns everything the service holds about one subject, as a JSON document
+    /// (Art. 15 / 20), and the number of records in it.
+    pub async fn export_subject(&self, tenant_id: Uuid, id: Uuid) -> Result<(serde_json::Value, u64), ServiceError> {
+        let contact = self.get(tenant_id, id).await?;
+        let history = load_history(&self.db.read, tenant_id, id).await?;
+        let policy = self.field_policy(tenant_id).await?;
+        let mut held: Vec<String> = contact.fields.keys().cloned().collect();
+        for (key, present) in [
+            ("email", contact.email.is_some()),
+            ("first_name", contact.first_name.is_some()),
+            ("last_name", contact.last_name.is_some()),
+            ("phone", contact.phone.is_some()),
+        ] {
+            if present {
+                held.push(key.to_string());
+            }
+        }
+        let categories: Vec<serde_json::Value> = policy
+            .fields
+            .iter()
+            .filter(|d| held.contains(&d.key))
+            .map(|d| serde_json::json!({"field": d.key, "category": d.category, "purpose": d.purpose}))
+            .collect();
+        let count = 1 + history.len() as u64;
+        let doc = serde_json::json!({
+            "service": crate::SERVICE_NAME,
+            "schema_version": crate::EXPORT_SCHEMA_VERSION,
+            "exported_at": Utc::now(),
+            "contact": contact,
+            "data_categories": categories,
+            "history": history,
+        });
+        Ok((doc, count))
+    }
+}
+
+async fn load_policy<C: ConnectionTrait>(conn: &C, tenant_id: Uuid) -> Result<FieldPolicy, ServiceError> {
+    let Some(row) = field_policy::Entity::find_by_id(tenant_id).one(conn).await.map_err(db_err)? else {
+        return Ok(FieldPolicy::default_policy());
+    };
+    let fields: Vec<FieldDefinition> =
+        serde_json::from_value(row.fields).map_err(|_| ServiceError::internal("stored field policy is unreadable"))?;
+    Ok(FieldPolicy { fields, version: row.version, updated_by: row.updated_by, updated_at_opt: Some(row.updated_at) })
+}
+
+async fn find<C: ConnectionTrait>(conn: &C, tenant_id: Uuid, id: Uuid, field: &str) -> Result<contact::Model, ServiceError> {
+    contact::Entity::find()
+        .filter(contact::Column::TenantId.eq(tenant_id))
+        .filter(contact::Column::Id.eq(id))
+        .one(conn)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| ServiceError::not_found("contact", id).with_field(field))
+}
+
+/// Fails with `already_exists` (naming the field, carrying the holder's id) when another
+/// contact of the tenant holds the e-mail or phone.
+async fn check_unique<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: Uuid,
+    self_id_opt: Option<Uuid>,
+    email_opt: Option<&str>,
+    phone_opt: Option<&str>,
+) -> Result<(), ServiceError> {
+    for (field, column, value_opt) in
+        [("email", contact::Column::Email, email_opt), ("phone", contact::Column::Phone, phone_opt)]
+    {
+        let Some(value) = value_opt else { continue };
+        let mut select = contact::Entity::find()
+            .select_only()
+            .column(contact::Column::Id)
+            .filter(contact::Column::TenantId.eq(tenant_id))
+            .filter(column.eq(value));
+        if let Some(self_id) = self_id_opt {
+            select = select.filter(contact::Column::Id.ne(self_id));
+        }
+        if let Some(existing) = select.into_tuple::<Uuid>().one(conn).await.map_err(db_err)? {
+            return Err(duplicate(field, existing));
+        }
+    }
+    Ok(())
+}
+
+fn duplicate(field: &str, existing: Uuid) -> ServiceError {
+    ServiceError::new(ErrorCode::AlreadyExists, format!("{field}: already held by contact {existing}"))
+        .with_field(field)
+        .with_existing_id(existing.to_string())
+}
+
+/// Inserts, turning a unique violation (a concurrent duplicate) into `already_exists`.
+/// Inserts, turning a unique violation (a duplicate committed concurrently) into
+/// `already_exists`, looked up on `read` since the failed statement may have aborted `conn`.
+async fn insert_contact<C: ConnectionTrait>(
+    conn: &C,
+    read: &DatabaseConnection,
+    model: contact::ActiveModel,
+) -> Result<contact::Model, ServiceError> {
+    let (tenant_id, id) = (model.tenant_id.clone().unwrap(), model.id.clone().unwrap());
+    let (email_opt, phone_opt) = (model.email.clone().unwrap(), model.phone.clone().unwrap());
+    match model.insert(conn).await {
+        Ok(m) => Ok(m),
+        Err(err) => Err(unique_violation(read, tenant_id, id, err, email_opt, phone_opt).await),
+    }
+}
+
+/// Updates, with the same handling of unique violations as [`insert_contact`].
+async fn update_contact<C: ConnectionTrait>(
+    conn: &C,
+    read: &DatabaseConnection,
+    model: contact::ActiveModel,
+) -> Result<contact::Model, ServiceError> {
+    let (tenant_id, id) = (model.tenant_id.clone().unwrap(), model.id.clone().unwrap());
+    let (email_opt, phone_opt) = (model.email.clone().unwrap(), model.phone.clone().unwrap());
+    match model.update(conn).await {
+        Ok(m) => Ok(m),
+        Err(err) => Err(unique_violation(read, tenant_id, id, err, email_opt, phone_opt).await),
+    }
+}
+
+async fn unique_violation(
+    read: &DatabaseConnection,
+    tenant_id: Uuid,
+    id: Uuid,
+    err: DbErr,
+    email_opt: Option<String>,
+    phone_opt: Option<String>,
+) -> ServiceError {
+    if !matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
+        return db_err(err);
+    }
+    match check_unique(read, tenant_id, Some(id), email_opt.as_deref(), phone_opt.as_deref()).await {
+        Err(dup) if dup.code == ErrorCode::AlreadyExists => dup,
+        _ => ServiceError::new(ErrorCode::AlreadyExists, "e-mail or phone already held by another contact"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn record_change<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: Uuid,
+    contact_id: Uuid,
+    kind: &str,
+    fields: &[String],
+    actor: &str,
+    reason_opt: Option<String>,
+    related_opt: Option<Uuid>,
+    related_source_opt: Option<&Source>,
+) -> Result<(), ServiceError> {
+    let change = contact_change::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        tenant_id: Set(tenant_id),
+        contact_id: Set(contact_id),
+        kind: Set(kind.to_string()),
+        fields: Set(serde_json::json!(fields)),
+        actor: Set(actor.to_string()),
+        reason: Set(reason_opt.filter(|r| !r.is_empty())),
+        related_contact_id: Set(related_opt),
+        source: Set(related_source_opt.map(|s| serde_json::to_value(s).expect("source serialises"))),
+        at: Set(Utc::now()),
+    };
+    contact_change::Entity::insert(change).exec_without_returning(conn).await.map_err(db_err)?;
+    Ok(())
+}
+
+async fn remove_subject<C: ConnectionTrait>(conn: &C, tenant_id: Uuid, id: Uuid, request_id: &str) -> Result<Erased, ServiceError> {
+    let changes = contact_change::Entity::delete_many()
+        .filter(contact_change::Column::TenantId.eq(tenant_id))
+        .filter(contact_change::Column::ContactId.eq(id))
+        .exec(conn)
+        .await
+        .map_err(db_err)?
+        .rows_affected;
+    let contacts = contact::Entity::delete_many()
+        .filter(contact::Column::TenantId.eq(tenant_id))
+        .filter(contact::Column::Id.eq(id))
+        .exec(conn)
+        .await
+        .map_err(db_err)?
+        .rows_affected;
+    if contacts > 0 {
+        let event = ContactErased { contact_id: id.to_string(), request_id: request_id.to_string(), merged_ids: vec![] };
+        outbox::enqueue(conn, tenant_id, Payload::ContactErased(event)).await.map_err(db_err)?;
+    }
+    Ok(Erased { contacts, contact_changes: changes })
+}
+
+async fn load_history<C: ConnectionTrait>(conn: &C, tenant_id: Uuid, id: Uuid) -> Result<Vec<ContactChange>, ServiceError> {
+    let rows = contact_change::Entity::find()
+        .filter(contact_change::Column::TenantId.eq(tenant_id))
+        .filter(contact_change::Column::ContactId.eq(id))
+        .order_by_asc(contact_change::Column::Id)
+        .all(conn)
+        .await
+        .map_err(db_err)?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(ContactChange {
+                id: row.id,
+                kind: row.kind,
+                fields: serde_json::from_value(row.fields).map_err(|_| ServiceError::internal("stored change is unreadable"))?,
+                actor: row.actor,
+                at: row.at,
+                reason_opt: row.reason,
+                related_contact_id_opt: row.related_contact_id,
+                related_source_opt: row
+                    .source
+                    .map(serde_json::from_value)
+                    .transpose()
+                    .map_err(|_| ServiceError::internal("stored source is unreadable"))?,
+            })
+        })
+        .collect()
+}
+
+fn fields_json(fields: &BTreeMap<String, FieldValue>) -> serde_json::Value {
+    serde_json::to_value(fields).expect("field values serialise")
+}
+
+fn current_fields(model: &contact::Model) -> BTreeMap<String, FieldValue> {
+    serde_json::from_value(model.fields.clone()).unwrap_or_default()
+}
+
+fn parse_channel(s: &str) -> Result<Channel, ServiceError> {
+    Channel::parse(s).ok_or_else(|| ServiceError::internal("stored source channel is unknown"))
+}
+
+fn source_of(model: &contact::Model) -> Result<Source, ServiceError> {
+    Ok(Source {
+        channel: parse_channel(&model.source_channel)?,
+        detail: model.source_detail.clone(),
+        actor: model.source_actor.clone(),
+        collected_at: model.source_collected_at,
+    })
+}
+
+fn decode_cursor(cursor: &str) -> Result<Uuid, ServiceError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| Uuid::from_slice(&bytes).ok())
+        .ok_or_else(|| ServiceError::invalid_field("cursor", "is not a cursor returned by this service"))
+}
+
+fn to_domain(model: contact::Model) -> Result<Contact, ServiceError> {
+    let source = source_of(&model)?;
+    let fields = serde_json::from_value(model.fields).map_err(|_| ServiceError::internal("stored fields are unreadable"))?;
+    Ok(Contact {
+        id: model.id,
+        email: model.email,
+        first_name: model.first_name,
+        last_name: model.last_name,
+        phone: model.phone,
+        fields,
+        source,
+        restriction: Flag { active: model.restricted, reason_opt: model.restriction_reason, since_opt: model.restricted_at },
+        objection: Flag { active: model.objected, reason_opt: model.objection_reason, since_opt: model.objected_at },
+        version: model.version,
+        created_at: model.created_at,
+        updated_at: model.updated_at,
+    })
+}
