@@ -1,1 +1,308 @@
-fn main(){}
+//! gRPC throughput of Carnet next to a raw tonic echo RPC, measured the same way in one run:
+//! `cargo bench -p carnet-tests --bench grpc`.
+//!
+//! Every scenario runs with the same number of clients, each on its own HTTP/2 connection in its
+//! own task, issuing its next call as soon as the previous one answers. The table gives each
+//! scenario's throughput as a ratio of the echo baseline, so the numbers compare across machines.
+//! Timings are reported, never asserted; the process exits non-zero only when a call failed.
+//!
+//! `CARNET_BENCH_CLIENTS` (default 32) and `CARNET_BENCH_SECONDS` (measured seconds, default 5)
+//! override the defaults. A new scenario builds one call closure per client and hands them to
+//! [`run`], then adds its row (and target, if the issue names one) in `main`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Channel, Server};
+use tonic::{Request, Response, Status};
+
+use carnet_kit::{Caller, CallerSigner};
+use carnet_proto::bench::v1::echo_service_client::EchoServiceClient;
+use carnet_proto::bench::v1::echo_service_server::{EchoService, EchoServiceServer};
+use carnet_proto::bench::v1::{EchoRequest, EchoResponse};
+use carnet_proto::common::v1::{Source, SourceChannel};
+use carnet_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
+use carnet_proto::contacts::v1::{CreateContactRequest, GetContactRequest};
+use carnet_tests::{ContactsClient, Sandbox};
+
+/// Contacts created before the `get` scenario, read in rotation.
+const GET_POOL_SIZE: usize = 1000;
+
+/// One call of a scenario; resolves to `Ok` when the RPC succeeded.
+type Call = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
+
+/// How wide and how long each scenario runs.
+#[derive(Clone, Copy, Debug)]
+struct Settings {
+    clients: usize,
+    warmup: Duration,
+    measure: Duration,
+}
+
+impl Settings {
+    /// Reads the settings from the environment, falling back to 32 clients, 1 s warm-up, 5 s measured.
+    fn from_env() -> Settings {
+        let clients: usize = env_or("CARNET_BENCH_CLIENTS", 32);
+        let seconds: f64 = env_or("CARNET_BENCH_SECONDS", 5.0);
+        assert!(clients > 0 && seconds > 0.0, "CARNET_BENCH_CLIENTS and CARNET_BENCH_SECONDS must be positive");
+        Settings { clients, warmup: Duration::from_secs(1), measure: Duration::from_secs_f64(seconds) }
+    }
+}
+
+/// Returns the parsed value of the environment variable `name`, or `default` when it is unset.
+fn env_or<T: FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(text) => text.parse().unwrap_or_else(|_| panic!("{name} must be a number, got `{text}`")),
+        Err(_) => default,
+    }
+}
+
+/// What one scenario measured.
+struct Report {
+    name: &'static str,
+    clients: usize,
+    ops_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+    /// Failed calls over the whole run, warm-up included.
+    errors: u64,
+    first_error_opt: Option<Status>,
+}
+
+/// What one client saw.
+#[derive(Default)]
+struct Tally {
+    /// Latencies of the OK calls that started and finished inside the measured period.
+    latencies: Vec<Duration>,
+    errors: u64,
+    first_error_opt: Option<Status>,
+}
+
+/// Runs a scenario: each closure of `clients` drives one connection in its own task, calling
+/// back to back through the warm-up and the measured period. Throughput counts the OK calls that
+/// started and finished inside the measured period.
+async fn run<F>(name: &'static str, settings: Settings, clients: Vec<F>) -> Report
+where
+    F: FnMut(u64) -> Call + Send + 'static,
+{
+    let count = clients.len();
+    let started = Instant::now();
+    let measure_from = started + settings.warmup;
+    let measure_until = measure_from + settings.measure;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut call| {
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                let mut n = 0;
+                while Instant::now() < measure_until {
+                    let start = Instant::now();
+                    let result = call(n).await;
+                    let end = Instant::now();
+                    n += 1;
+                    match result {
+                        Ok(()) if start >= measure_from && end <= measure_until => tally.latencies.push(end - start),
+                        Ok(()) => {}
+                        Err(status) => {
+                            tally.errors += 1;
+                            tally.first_error_opt.get_or_insert(status);
+                        }
+                    }
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut total = Tally::default();
+    for task in tasks {
+        let tally = task.await.expect("bench client task");
+        total.latencies.extend(tally.latencies);
+        total.errors += tally.errors;
+        total.first_error_opt = total.first_error_opt.or(tally.first_error_opt);
+    }
+    total.latencies.sort_unstable();
+    let percentile = |q: f64| match total.latencies.len() {
+        0 => Duration::ZERO,
+        len => total.latencies[((len - 1) as f64 * q).round() as usize],
+    };
+    Report {
+        name,
+        clients: count,
+        ops_per_sec: total.latencies.len() as f64 / settings.measure.as_secs_f64(),
+        p50: percentile(0.50),
+        p99: percentile(0.99),
+        errors: total.errors,
+        first_error_opt: total.first_error_opt,
+    }
+}
+
+/// Opens a new HTTP/2 connection to `addr`.
+async fn connect(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("bench client connects")
+}
+
+/// The baseline service: answers with the payload it was sent, doing no other work.
+struct Echo;
+
+#[tonic::async_trait]
+impl EchoService for Echo {
+    async fn echo(&self, request: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
+        Ok(Response::new(EchoResponse { payload: request.into_inner().payload }))
+    }
+}
+
+/// Serves [`Echo`] on a free loopback port with the node's transport settings; returns its address.
+async fn start_echo() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind echo server");
+    let addr = listener.local_addr().expect("echo server address");
+    let server = Server::builder().tcp_nodelay(true).add_service(EchoServiceServer::new(Echo));
+    tokio::spawn(server.serve_with_incoming(TcpListenerStream::new(listener)));
+    addr
+}
+
+/// Returns the create request the `create` scenario sends, with `email` as the unique field.
+fn create_request(email: String) -> CreateContactRequest {
+    CreateContactRequest {
+        email: Some(email),
+        first_name: Some("Ada".into()),
+        last_name: Some("Lovelace".into()),
+        phone: None,
+        fields: Default::default(),
+        source: Some(Source {
+            channel: SourceChannel::Api as i32,
+            detail: "bench".into(),
+            actor: String::new(),
+            collected_at: None,
+        }),
+    }
+}
+
+/// Returns one contacts client per bench client, each on its own connection, acting as `caller`.
+async fn contacts_clients(sandbox: &Sandbox, caller: &Caller, count: usize) -> Vec<ContactsClient> {
+    let mut clients = Vec::with_capacity(count);
+    for _ in 0..count {
+        let signer = CallerSigner::new(sandbox.node.mesh_key.clone(), caller.clone());
+        clients.push(ContactsServiceClient::with_interceptor(connect(sandbox.node.grpc_addr).await, signer));
+    }
+    clients
+}
+
+/// Measures the echo baseline with a payload as large as an encoded contact create request.
+async fn bench_echo(settings: Settings) -> Report {
+    let addr = start_echo().await;
+    let payload = vec![b'x'; create_request("bench-00-000000@example.org".into()).encoded_len()];
+    let mut clients = Vec::with_capacity(settings.clients);
+    for _ in 0..settings.clients {
+        let client = EchoServiceClient::new(connect(addr).await);
+        let payload = payload.clone();
+        clients.push(move |_n: u64| -> Call {
+            let (mut client, payload) = (client.clone(), payload.clone());
+            Box::pin(async move { client.echo(EchoRequest { payload }).await.map(drop) })
+        });
+    }
+    run("echo", settings, clients).await
+}
+
+/// Measures `CreateContact`, each call with an e-mail no other call used.
+async fn bench_create(settings: Settings, sandbox: &Sandbox) -> Report {
+    let caller = carnet_tests::new_tenant();
+    let clients = contacts_clients(sandbox, &caller, settings.clients).await;
+    let calls = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| {
+            move |n: u64| -> Call {
+                let mut client = client.clone();
+                Box::pin(async move { client.create_contact(create_request(format!("bench-{i}-{n}@example.org"))).await.map(drop) })
+            }
+        })
+        .collect();
+    run("create", settings, calls).await
+}
+
+/// Measures `GetContact` over a pool of existing contacts, each client starting at its own offset.
+async fn bench_get(settings: Settings, sandbox: &Sandbox) -> Report {
+    let caller = carnet_tests::new_tenant();
+    let mut seeder = sandbox.contacts(&caller);
+    let mut ids = Vec::with_capacity(GET_POOL_SIZE);
+    for n in 0..GET_POOL_SIZE {
+        let contact = seeder.create_contact(create_request(format!("pool-{n}@example.org"))).await.expect("seed contact");
+        ids.push(contact.into_inner().id);
+    }
+    let ids = Arc::new(ids);
+    let clients = contacts_clients(sandbox, &caller, settings.clients).await;
+    let stride = GET_POOL_SIZE / clients.len().max(1);
+    let calls = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let ids = Arc::clone(&ids);
+            move |n: u64| -> Call {
+                let id = ids[(i * stride + n as usize) % ids.len()].clone();
+                let mut client = client.clone();
+                Box::pin(async move { client.get_contact(GetContactRequest { id }).await.map(drop) })
+            }
+        })
+        .collect();
+    run("get", settings, calls).await
+}
+
+/// Prints one row per report; `targets` gives the minimum ratio to echo a scenario should reach.
+fn print_table(reports: &[Report], targets: &[(&str, f64)]) {
+    let echo = reports.iter().find(|r| r.name == "echo").map_or(f64::NAN, |r| r.ops_per_sec);
+    println!(
+        "{:<10} {:>7} {:>10} {:>10} {:>10} {:>7} {:>8}  target",
+        "scenario", "clients", "ops/s", "p50 ms", "p99 ms", "errors", "vs echo"
+    );
+    for r in reports {
+        let ratio = r.ops_per_sec / echo;
+        let target = match targets.iter().find(|(name, _)| *name == r.name) {
+            Some((_, min)) if r.errors > 0 => format!(">= {min:.2}x: not met (errors)"),
+            Some((_, min)) => format!(">= {min:.2}x: {}", if ratio >= *min { "met" } else { "not met" }),
+            None => String::new(),
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "{:<10} {:>7} {:>10.0} {:>10.2} {:>10.2} {:>7} {:>7.3}x  {target}",
+            r.name,
+            r.clients,
+            r.ops_per_sec,
+            ms(r.p50),
+            ms(r.p99),
+            r.errors,
+            ratio
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let settings = Settings::from_env();
+    println!(
+        "carnet grpc bench: {} clients, {:.1}s warm-up, {:.1}s measured per scenario",
+        settings.clients,
+        settings.warmup.as_secs_f64(),
+        settings.measure.as_secs_f64()
+    );
+    let mut reports = vec![bench_echo(settings).await];
+    let sandbox = Sandbox::monolith().await;
+    reports.push(bench_create(settings, &sandbox).await);
+    reports.push(bench_get(settings, &sandbox).await);
+    sandbox.stop().await;
+
+    print_table(&reports, &[("create", 0.25), ("get", 0.5)]);
+    let failed: Vec<&Report> = reports.iter().filter(|r| r.errors > 0).collect();
+    for r in &failed {
+        let first = r.first_error_opt.as_ref().map_or_else(String::new, |s| format!("{:?}: {}", s.code(), s.message()));
+        eprintln!("scenario {} had {} failed calls, first: {first}", r.name, r.errors);
+    }
+    if !failed.is_empty() {
+        std::process::exit(1);
+    }
+}

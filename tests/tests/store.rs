@@ -1,0 +1,374 @@
+//! The contacts store suite, run against SQLite and against a real PostgreSQL (started by the
+//! test command). Each test gets a fresh database; tenants are random, so scoping is real.
+
+
+use chrono::Utc;
+use sea_orm::{ConnectionTrait, EntityTrait, PaginatorTrait};
+use uuid::Uuid;
+
+use carnet_contacts::domain::{Channel, ContactInput, ContactPatch, FieldDefinition, FieldType, FieldValue, FlagKind, Source};
+use carnet_contacts::ContactStore;
+use carnet_kit::db::{self, Db};
+use carnet_kit::{ErrorCode, ServiceError};
+use carnet_migrations::MigratorTrait;
+
+/// A store on a fresh database, and what keeps it alive.
+struct Fixture {
+    store: ContactStore,
+    db: Db,
+    /// Kept alive by the test macro: the test body's async block captures only the fields it uses.
+    dir_opt: Option<std::sync::Arc<tempfile::TempDir>>,
+}
+
+async fn sqlite() -> Option<Fixture> {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db::connect(&db::sqlite_url(&dir.path().join("contacts.db")), 4).await.unwrap();
+    carnet_migrations::contacts::Migrator::up(&db.write, None).await.unwrap();
+    Some(Fixture { store: ContactStore::new(db.clone()), db, dir_opt: Some(std::sync::Arc::new(dir)) })
+}
+
+async fn postgres() -> Option<Fixture> {
+    let server = carnet_tests::postgres::server_url()?;
+    let url = carnet_tests::postgres::fresh_database(&server).await;
+    let db = db::connect(&url, 4).await.unwrap();
+    carnet_migrations::contacts::Migrator::up(&db.write, None).await.unwrap();
+    Some(Fixture { store: ContactStore::new(db.clone()), db, dir_opt: None })
+}
+
+/// Generates `<name>::sqlite` and `<name>::postgres` from one async test body.
+macro_rules! store_test {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn sqlite() {
+                if let Some(f) = super::sqlite().await {
+                    let dir = f.dir_opt.clone();
+                    $body(f).await;
+                    drop(dir);
+                }
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(f) = super::postgres().await {
+                    $body(f).await;
+                }
+            }
+        }
+    };
+}
+
+fn source() -> Source {
+    Source { channel: Channel::Api, detail: "crm-sync".into(), actor: "key:test".into(), collected_at: Utc::now() }
+}
+
+fn person(email: &str) -> ContactInput {
+    ContactInput {
+        email_opt: Some(email.into()),
+        first_name_opt: Some("Ada".into()),
+        last_name_opt: Some("Lovelace".into()),
+        ..Default::default()
+    }
+}
+
+async fn rows(f: &Fixture, table: &str) -> i64 {
+    let stmt = sea_orm::Statement::from_string(f.db.backend(), format!("SELECT COUNT(*) AS n FROM {table}"));
+    let row = f.db.read.query_one_raw(stmt).await.unwrap().unwrap();
+    row.try_get::<i64>("", "n").unwrap()
+}
+
+fn assert_code(err: &ServiceError, code: ErrorCode, field: &str) {
+    assert_eq!(err.code, code, "{err:?}");
+    assert_eq!(err.field_opt.as_deref(), Some(field), "{err:?}");
+}
+
+fn custom_policy() -> Vec<FieldDefinition> {
+    let def = |key: &str, t: FieldType, cat: &str| FieldDefinition {
+        key: key.into(),
+        field_type: t,
+        category: cat.into(),
+        required: false,
+        enum_values: vec![],
+        purpose: String::new(),
+    };
+    let mut tier = def("tier", FieldType::Enum, "commercial");
+    tier.enum_values = vec!["gold".into(), "silver".into()];
+    let mut email = def("email", FieldType::Email, "contact");
+    email.required = true;
+    vec![
+        email,
+        def("first_name", FieldType::String, "identity"),
+        def("last_name", FieldType::String, "identity"),
+        def("company", FieldType::String, "professional"),
+        def("employees", FieldType::Number, "professional"),
+        tier,
+    ]
+}
+
+store_test!(create_normalises_and_keeps_source, |f: Fixture| async move {
+    let tenant = Uuid::now_v7();
+    let mut input = person("  Ada@Example.ORG ");
+    input.phone_opt = Some("+44 20 7946 0958".into());
+    let src = source();
+    let created = f.store.create(tenant, input, src.clone()).await.unwrap();
+    assert_eq!(created.email.as_deref(), Some("ada@example.org"));
+    assert_eq!(created.phone.as_deref(), Some("+442079460958"));
+    assert_eq!(created.source.channel, Channel::Api);
+    assert_eq!(created.source.detail, "crm-sync");
+    assert_eq!(created.version, 1);
+    let got = f.store.get(tenant, created.id).await.unwrap();
+    assert_eq!(got, created);
+    assert_eq!(rows(&f, "outbox").await, 1, "create writes its event");
+});
+
+store_test!(field_outside_policy_is_refused_and_nothing_stored, |f: Fixture| async move {
+    let tenant = Uuid::now_v7();
+    let mut input = person("ada@example.org");
+    input.fields.insert("shoe_size".into(), FieldValue::Number(38.0));
+    let err = f.store.create(tenant, input, source()).await.unwrap_err();
+    assert_code(&err, ErrorCode::InvalidArgument, "fields.shoe_size");
+    assert_eq!(rows(&f, "contacts").await, 0);
+    assert_eq!(rows(&f, "contact_changes").await, 0);
+    assert_eq!(rows(&f, "outbox").await, 0);
+});
+
+store_test!(policy_governs_custom_and_builtin_fields, |f: Fixture| async move {
+    let tenant = Uuid::now_v7();
+    let policy = f.store.set_field_policy(tenant, "key:admin", custom_policy()).await.unwrap();
+    assert_eq!(policy.version, 1);
+    assert_eq!(f.store.field_policy(tenant).await.unwrap().fields.len(), 6);
+    // The phone is no longer in the policy.
+    let mut input = person("ada@example.org");
+    input.phone_opt = Some("+33612345678".into());
+    let err = f.store.create(tenant, input, source()).await.unwrap_err();
+    assert_code(&err, ErrorCode::InvalidArgument, "phone");
+    // The e-mail is now required.
+    let err = f.store.create(tenant, ContactInput { first_name_opt: Some("Ada".into()), ..Default::default() }, source()).await.unwrap_err();
+    assert_code(&err, ErrorCode::InvalidArgument, "email");
+    // Typed custom fields.
+    let mut input = person("ada@example.org");
+    input.fields.insert("tier".into(), FieldValue::String("platinum".into()));
+    let err = f.store.create(tenant, input.clone(), source()).await.unwrap_err();
+    assert_code(&err, ErrorCode::InvalidArgument, "fields.tier");
+    input.fields.insert("tier".into(), FieldValue::String("gold".into()));
+    input.fields.insert("employees".into(), FieldValue::Number(120.0));
+    let created = f.store.create(tenant, input, source()).await.unwrap();
+    assert_eq!(created.fields.get("tier"), Some(&FieldValue::String("gold".into())));
+    assert_eq!(created.fields.get("employees"), Some(&FieldValue::Number(120.0)));
+    // Another tenant keeps the default policy.
+    let other = Uuid::now_v7();
+    assert_eq!(f.store.field_policy(other).await.unwrap().version, 0);
+    let v2 = f.store.set_field_policy(tenant, "key:admin", custom_policy()).await.unwrap();
+    assert_eq!(v2.version, 2);
+});
+
+store_test!(duplicate_email_and_phone_are_refused_with_existing_id, |f: Fixture| async move {
+    let tenant = Uuid::now_v7();
+    let mut input = person("ada@example.org");
+    input.phone_opt = Some("+33 6 12 34 56 78".into());
+    let first = f.store.create(tenant, input, source()).await.unwrap();
+    let err = f.store.create(tenant, person(" ADA@example.org"), source()).await.unwrap_err();
+    assert_code(&err, ErrorCode::AlreadyExists, "email");
+    assert_eq!(err.existing_id_opt, Some(first.id.to_string()));
+    let dup_phone = ContactInput { phone_opt: Some("0033612345678".into()), ..Default::default() };
+    let err = f.store.create(tenant, dup_phone, source()).await.unwrap_err();
+    assert_code(&err, ErrorCode::AlreadyExists, "phone");
+    assert_eq!(err.existing_id_opt, Some(first.id.to_string()));
+    assert_eq!(rows(&f, "contacts").await, 1);
+    assert_eq!(rows(&f, "outbox").await, 1);
+    // The same person in another tenant is another record.
+    f.store.create(Uuid::now_v7(), person("ada@example.org"), source()).await.unwrap();
+});
+
+store_test!(other_tenant_reads_not_found, |f: Fixture| async move {
+    let tenant = Uuid::now_v7();
+    let other = Uuid::now_v7();
+    let c = f.store.create(tenant, person("ada@example.org"), source()).await.unwrap();
+    let bob = ContactInput { email_opt: Some("bob@example.org".into()), ..Default::default() };
+    let d = f.store.create(other, bob, source()).await.unwrap();
+    assert_eq!(f.store.get(other, c.id).await.unwrap_err().code, ErrorCode::NotFound);
+    let patch = ContactPatch { set: ContactInput { first_name_opt: Some("X".into()), ..Default::default() }, ..Default::default() };
+    assert_eq!(f.store.update(other, c.id, "key:x", patch).await.unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(f.store.delete(other, c.id).await.unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(f.store.history(other, c.id).await.unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(f.store.export_subject(other, c.id).await.unwrap_err().code, ErrorCode::NotFound);
+    let err = f.store.merge(other, d.id, c.id, "key:x").await.unwrap_err();
+    assert_code(&err, ErrorCode::NotFound, "other_id");
+    assert_eq!(f.store.erase_subject(other, c.id, "").await.unwrap().contacts, 0);
+    assert_eq!(f.store.set_flag(other, c.id, "key:x", FlagKind::Restriction, true, None).await.unwrap_err().code, ErrorCode::NotFound);
+    let page = f.store.list(other, "ada", 50, "").await.unwrap();
+    assert!(page.contacts.is_empty());
+    // Still intact for its owner.
+    assert_eq!(f.store.get(tenant, c.id).await.unwrap(), c);
+});
+
+store_test!(rectification_records_fields_not_values, |f: Fixture| async move {
+    let tenant = Uuid::now_v7();
+    let c = f.store.create(tenant, person("ada@example.org"), source()).await.unwrap();
+    let patch = ContactPatch {
+        set: ContactInput { last_name_opt: Some("King".into()), email_opt: Some("ada@example.org".into()), ..Default::default() },
+        clear: vec!["first_name".into()],
+        reason_opt: Some("subject asked".into()),
+        expected_version_opt: Some(1),
+    };
+    let updated = f.store.update(tenant, c.id, "key:clerk", patch).await.unwrap();
+    assert_eq!(updated.last_name.as_deref(), Some("King"));
+    assert_eq!(updated.first_name, None);
+    assert_eq!(updated.version, 2);
+    assert_eq!(updated.source, c.source, "updates never rewrite the source");
+    let history = f.store.history(tenant, c.id).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].kind, "created");
+    assert_eq!(history[1].kind, "rectified");
+    assert_eq!(history[1].fields, vec!["first_name".to_string(), "last_name".to_string()]);
+    assert_eq!(history[1].actor, "key:clerk");
+    assert_eq!(history[1].reason_opt.as_deref(), Some("subject asked"));
+    let serialized = serde_json::to_string(&history).unwrap();
+    assert!(!serialized.contains("Lovelace") && !serialized.contains("King"), "history holds no values: {serialized}");
+    // Stale version.
+    let stale = ContactPatch { set: ContactInput { last_name_opt: Some("Byron".into()), ..Default::default() }, expected_version_opt: Some(1), ..Default::default() };
+    let err = f.store.update(tenant, c.id, "key:clerk", stale).await.unwrap_err();
+    assert_code(&err, ErrorCode::Conflict, "expected_version");
+    // Malformed values are refused and nothing changes.
+    let bad = ContactPatch { set: ContactInput { phone_opt: Some("12".into()), ..Default::default() }, ..Default::default() };
+    assert_code(&f.store.update(tenant, c.id, "key:clerk", bad).await.unwrap_err(), ErrorCode::InvalidArgument, "phone");
+    assert_eq!(f.store.get(tenant, c.id).await.unwrap(), updated);
+    // A no-op update records nothing.
+    let same = ContactPatch { set: ContactInput { last_name_opt: Some("King".into()), ..Default::default() }, ..Default::default() };
+    assert_eq!(f.store.update(tenant, c.id, "key:clerk", same).await.unwrap().version, 2);
+    assert_eq!(f.store.history(tenant, c.id).await.unwrap().len(), 2);
+});
+
+store_test!(rectifying_to_a_taken_email_is_refused, |f: Fixture| async move {
+    let tenant = Uuid::now_v7();
+    let a = f.store.create(tenant, person("ada@example.org"), source()).await.unwrap();
+    let b = f.store.create(tenant, person("bob@example.org"), source()).await.unwrap();
+    let patch = ContactPatch { set: ContactInput { email_opt: Some("Ada@Example.org".into()), ..Default::default() }, ..Default::default() };
+    let err = f.store.update(tenant, b.id, "key:x", patch).await.unwrap_err();
+    assert_code(&err, ErrorCode::AlreadyExists, "email");
+    assert_eq!(err.existing_id_opt, Some(a.id.to_string()));
+    assert_eq!(f.store.get(tenant, b.id).await.unwrap().email.as_deref(), Some("bob@example.org"));
+});
+
+store_test!(search_and_cursor_pagination, |f: Fixture| async move {
+    let tenant = Uuid::now_v7();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let mut input = person(&format!("user{i}@example.org"));
+        input.last_name_opt = Some(if i % 2 == 0 { "Lovelace".into() } else { "Hopper".into() });
+        ids.push(f.store.create(tenant, input, source()).await.unwrap().id);
+    }
+    f.store.create(Uuid::now_v7(), person("user9@example.org"), source()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = f.store.list(tenant, "", 3, &cursor).await.unwrap();
+        seen.extend(page.contacts.iter().map(|c| c.id));
+        match page.next_cursor_opt {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "every contact once, in creation order, tenant-scoped");
+    let hoppers = f.store.list(tenant, "HOPPER", 50, "").await.unwrap();
+    assert_eq!(hoppers.contacts.len(), 3);
+    assert!(hoppers.contacts.iter().all(|c| c.last_name.as_deref() == Some("Hopper")));
+    assert_eq!(f.store.list(tenant, "user3@", 50, "").await.unwrap().contacts.len(), 1);
+    assert!(f.store.list(tenant, "%", 50, "").await.unwrap().contacts.is_empty(), "wildcards are literal");
+    let err = f.store.list(tenant, "", 50, "not-a-cursor!").await.unwrap_err();
+    assert_code(&err, ErrorCode::InvalidArgument, "cursor");
+    let err = f.store.list(tenant, "", 501, "").await.unwrap_err();
+    assert_code(&err, ErrorCode::InvalidArgument, "limit");
+});
+
+store_test!(merge_fills_blanks_and_keeps_provenance, |f: Fixture| async move {
+    let tenant = Uuid::now_v7();
+    let keep = f.store.create(tenant, person("ada@example.org"), source()).await.unwrap();
+    let other_source = Source { channel: Channel::WebForm, detail: "form-7".into(), actor: "public".into(), collected_at: Utc::now() };
+    let other_input = ContactInput { phone_opt: Some("+33612345678".into()), first_name_opt: Some("Augusta".into()), ..Default::default() };
+    let other = f.store.create(tenant, other_input, other_source.clone()).await.unwrap();
+    f.store.set_flag(tenant, other.id, "key:x", FlagKind::Objection, true, Some("no marketing".into())).await.unwrap();
+    let merged = f.store.merge(tenant, keep.id, other.id, "key:merger").await.unwrap();
+    assert_eq!(merged.first_name.as_deref(), Some("Ada"), "the survivor's values win");
+    assert_eq!(merged.phone.as_deref(), Some("+33612345678"), "blanks are filled");
+    assert!(merged.objection.active, "the more protective flag wins");
+    assert_eq!(merged.source, keep.source);
+    assert_eq!(f.store.get(tenant, other.id).await.unwrap_err().code, ErrorCode::NotFound);
+    let history = f.store.history(tenant, keep.id).await.unwrap();
+    let entry = history.iter().find(|h| h.kind == "merged").expect("merge recorded");
+    assert_eq!(entry.related_contact_id_opt, Some(other.id));
+    assert_eq!(entry.related_source_opt.as_ref().map(|s| s.detail.as_str()), Some("form-7"));
+    assert!(entry.fields.contains(&"phone".to_string()));
+    assert!(history.iter().any(|h| h.kind == "objection_set"), "the duplicate's history moves over");
+    let err = f.store.merge(tenant, keep.id, keep.id, "key:x").await.unwrap_err();
+    assert_code(&err, ErrorCode::InvalidArgument, "other_id");
+});
+
+store_test!(restriction_and_objection_flags, |f: Fixture| async move {
+    let tenant = Uuid::now_v7();
+    let c = f.store.create(tenant, person("ada@example.org"), source()).await.unwrap();
+    let r = f.store.set_flag(tenant, c.id, "key:dpo", FlagKind::Restriction, true, Some("accuracy contested".into())).await.unwrap();
+    assert!(r.restriction.active);
+    assert_eq!(r.restriction.reason_opt.as_deref(), Some("accuracy contested"));
+    assert!(r.restriction.since_opt.is_some());
+    assert!(!r.objection.active);
+    let again = f.store.set_flag(tenant, c.id, "key:dpo", FlagKind::Restriction, true, None).await.unwrap();
+    assert_eq!(again.version, r.version, "setting a flag twice changes nothing");
+    let o = f.store.set_flag(tenant, c.id, "key:dpo", FlagKind::Objection, true, None).await.unwrap();
+    assert!(o.objection.active && o.restriction.active);
+    let lifted = f.store.set_flag(tenant, c.id, "key:dpo", FlagKind::Restriction, false, None).await.unwrap();
+    assert!(!lifted.restriction.active && lifted.restriction.since_opt.is_none());
+    let kinds: Vec<String> = f.store.history(tenant, c.id).await.unwrap().into_iter().map(|h| h.kind).collect();
+    assert_eq!(kinds, ["created", "restriction_set", "objection_set", "restriction_lifted"]);
+});
+
+store_test!(export_holds_the_subject_only, |f: Fixture| async move {
+    let tenant = Uuid::now_v7();
+    let c = f.store.create(tenant, person("ada@example.org"), source()).await.unwrap();
+    f.store.create(tenant, person("bob@example.org"), source()).await.unwrap();
+    let patch = ContactPatch { set: ContactInput { last_name_opt: Some("King".into()), ..Default::default() }, ..Default::default() };
+    f.store.update(tenant, c.id, "key:x", patch).await.unwrap();
+    let (doc, count) = f.store.export_subject(tenant, c.id).await.unwrap();
+    assert_eq!(count, 3);
+    assert_eq!(doc["service"], "contacts");
+    assert_eq!(doc["contact"]["email"], "ada@example.org");
+    assert_eq!(doc["contact"]["last_name"], "King");
+    assert_eq!(doc["contact"]["source"]["channel"], "api");
+    assert_eq!(doc["contact"]["source"]["detail"], "crm-sync");
+    assert_eq!(doc["history"].as_array().unwrap().len(), 2);
+    let categories: Vec<&str> = doc["data_categories"].as_array().unwrap().iter().map(|c| c["category"].as_str().unwrap()).collect();
+    assert!(categories.contains(&"contact") && categories.contains(&"identity"));
+    assert!(!doc.to_string().contains("bob@example.org"));
+});
+
+store_test!(erasure_removes_everything_and_is_idempotent, |f: Fixture| async move {
+    let tenant = Uuid::now_v7();
+    let c = f.store.create(tenant, person("ada@example.org"), source()).await.unwrap();
+    let keep = f.store.create(tenant, person("bob@example.org"), source()).await.unwrap();
+    f.store.set_flag(tenant, c.id, "key:x", FlagKind::Restriction, true, None).await.unwrap();
+    let erased = f.store.erase_subject(tenant, c.id, "req-1").await.unwrap();
+    assert_eq!((erased.contacts, erased.contact_changes), (1, 2));
+    assert_eq!(f.store.get(tenant, c.id).await.unwrap_err().code, ErrorCode::NotFound);
+    let again = f.store.erase_subject(tenant, c.id, "req-1").await.unwrap();
+    assert_eq!((again.contacts, again.contact_changes), (0, 0));
+    assert_eq!(rows(&f, "contacts").await, 1);
+    assert_eq!(rows(&f, "contact_changes").await, 1, "only the other contact's history is left");
+    let events = carnet_kit::outbox::entity::Entity::find().all(&f.db.read).await.unwrap();
+    assert_eq!(events.iter().filter(|e| e.kind == "contact.erased").count(), 1);
+    // The e-mail is free again: the person can come back through a new, lawful entry.
+    f.store.create(tenant, person("ada@example.org"), source()).await.unwrap();
+    f.store.delete(tenant, keep.id).await.unwrap();
+    assert_eq!(f.store.delete(tenant, keep.id).await.unwrap_err().code, ErrorCode::NotFound);
+});
+
+store_test!(outbox_commits_with_the_change_only, |f: Fixture| async move {
+    let tenant = Uuid::now_v7();
+    let c = f.store.create(tenant, person("ada@example.org"), source()).await.unwrap();
+    assert!(f.store.create(tenant, person("ada@example.org"), source()).await.is_err());
+    let bad = ContactPatch { set: ContactInput { email_opt: Some("nope".into()), ..Default::default() }, ..Default::default() };
+    assert!(f.store.update(tenant, c.id, "key:x", bad).await.is_err());
+    let count = carnet_kit::outbox::entity::Entity::find().count(&f.db.read).await.unwrap();
+    assert_eq!(count, 1);
+});
