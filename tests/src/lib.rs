@@ -86,8 +86,11 @@ impl Sandbox {
         ContactsServiceClient::with_interceptor(self.channel(), CallerSigner::new(self.node.mesh_key.clone(), caller.clone()))
     }
 
+    /// Closes the sandbox's connection and shuts the node down.
     pub async fn stop(self) {
-        self.node.shutdown().await.expect("clean shutdown");
+        let Sandbox { node, channel, _dir, .. } = self;
+        drop(channel);
+        node.shutdown().await.expect("clean shutdown");
     }
 }
 

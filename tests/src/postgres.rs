@@ -2,7 +2,6 @@
 //! starts a throwaway cluster and sets it). Without it, PostgreSQL tests are skipped, unless
 //! `CARNET_REQUIRE_POSTGRES=1` (set by the test command and CI), where they fail.
 
-use sea_orm::{ConnectionTrait, Database};
 use uuid::Uuid;
 
 /// Returns the server URL, `None` to skip; panics when PostgreSQL is required but missing.
@@ -22,16 +21,5 @@ pub fn server_url() -> Option<String> {
 /// Creates an empty database on `server` and returns its URL.
 pub async fn fresh_database(server: &str) -> String {
     let name = format!("carnet_t_{}", Uuid::now_v7().simple());
-    let admin = Database::connect(server).await.expect("connect to the postgres server");
-    admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create database");
-    admin.close().await.ok();
-    let (base, query) = match server.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (server, String::new()),
-    };
-    let base = match base.rsplit_once('/') {
-        Some((head, tail)) if !head.ends_with('/') && !tail.contains('@') => head.to_string(),
-        _ => base.trim_end_matches('/').to_string(),
-    };
-    format!("{base}/{name}{query}")
+    carnet_kit::db::create_postgres_database(server, &name).await.expect("create a test database")
 }

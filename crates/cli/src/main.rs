@@ -89,7 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!(
                 "carnet is up: gRPC on {} (targets: {}), data in {}",
                 node.grpc_addr,
-                node.targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", "),
+                target_list(&node.targets),
                 cfg.data_dir().display()
             );
             node.run_until(shutdown_signal()).await
@@ -98,6 +98,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = CarnetConfig::load(config_path, &[])?;
             let _telemetry = carnet_kit::telemetry::init(&cfg.telemetry)?;
             let node = node::start(&cfg, Mode::Split, &targets).await?;
+            eprintln!("carnet is serving: gRPC on {} (targets: {})", node.grpc_addr, target_list(&node.targets));
             node.run_until(shutdown_signal()).await
         }
         Command::Migrate { targets, data_dir } => {
@@ -117,6 +118,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn target_list(targets: &[Target]) -> String {
+    targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 async fn shutdown_signal() {

@@ -33,17 +33,25 @@ pub struct Node {
     pub mesh_key: MeshKey,
     pub targets: Vec<Target>,
     shutdown_tx_opt: Option<oneshot::Sender<()>>,
+    shutdown_grace: Duration,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     dbs: Vec<Db>,
 }
 
 impl Node {
-    /// Stops accepting calls, lets running calls finish, and closes the databases.
+    /// Stops accepting calls, lets running calls finish for up to the grace period (idle
+    /// client connections do not hold it open longer), and closes the databases.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown_tx_opt.take() {
             let _ = tx.send(());
         }
-        (&mut self.server).await.context("grpc server task failed")?.context("grpc server failed")?;
+        match tokio::time::timeout(self.shutdown_grace, &mut self.server).await {
+            Ok(res) => res.context("grpc server task failed")?.context("grpc server failed")?,
+            Err(_) => {
+                tracing::warn!(grace_ms = self.shutdown_grace.as_millis() as u64, "calls still open after the grace period, closing");
+                self.server.abort();
+            }
+        }
         for db in self.dbs.drain(..) {
             db.close().await;
         }
@@ -173,5 +181,6 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
         let _ = shutdown_rx.await;
     }));
     tracing::info!(%grpc_addr, targets = ?sorted, ?mode, "carnet node started");
-    Ok(Node { grpc_addr, mesh_key, targets: sorted, shutdown_tx_opt: Some(shutdown_tx), server, dbs })
+    let shutdown_grace = Duration::from_millis(cfg.grpc.shutdown_grace_ms);
+    Ok(Node { grpc_addr, mesh_key, targets: sorted, shutdown_tx_opt: Some(shutdown_tx), shutdown_grace, server, dbs })
 }

@@ -117,6 +117,8 @@ pub struct GrpcConfig {
     pub request_timeout_ms: u64,
     /// Maximum decoded message size, in bytes.
     pub max_message_bytes: usize,
+    /// How long a stopping node waits for running calls, in milliseconds.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Validate for GrpcConfig {
@@ -138,9 +140,6 @@ pub struct MeshConfig {
     /// HMAC key signing caller contexts (hex, or text of 32+ bytes). Empty in monolith mode:
     /// a key is generated into the data dir. Required in split mode.
     pub signing_key: String,
-    /// Addresses of targets this process does not run, e.g. `contacts = "http://contacts:50051"`.
-    #[serde(default)]
-    pub endpoints: std::collections::BTreeMap<String, String>,
 }
 
 #[cfg(test)]
@@ -165,6 +164,7 @@ mod tests {
 listen_addr = "127.0.0.1:50051"
 request_timeout_ms = 30000
 max_message_bytes = 4194304
+shutdown_grace_ms = 1000
 [mesh]
 signing_key = ""
 "#;

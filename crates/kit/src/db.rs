@@ -68,3 +68,40 @@ fn sqlite_options(url: &str, max_connections: u32) -> ConnectOptions {
         });
     opts
 }
+
+/// Creates database `name` on the PostgreSQL server at `server_url` (any database URL of that
+/// server) and returns the URL of the new database. `name` must be a plain identifier.
+pub async fn create_postgres_database(server_url: &str, name: &str) -> Result<String, DbErr> {
+    use sea_orm::ConnectionTrait as _;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(DbErr::Custom("database name must be letters, digits and _".into()));
+    }
+    let admin = Database::connect(server_url).await?;
+    let created = admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await;
+    let _ = admin.close().await;
+    created?;
+    Ok(replace_database(server_url, name))
+}
+
+/// Returns `url` with its database name replaced by `name`, keeping any query string.
+fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let (scheme, rest) = base.split_once("://").unwrap_or(("postgres", base));
+    let host = rest.split_once('/').map_or(rest, |(h, _)| h);
+    format!("{scheme}://{host}/{name}{query}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_replace_database_keeps_credentials_and_query() {
+        assert_eq!(replace_database("postgres://u:p@h:5432/postgres", "x"), "postgres://u:p@h:5432/x");
+        assert_eq!(replace_database("postgres://h:5432", "x"), "postgres://h:5432/x");
+        assert_eq!(replace_database("postgres://u@h/db?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+    }
+}

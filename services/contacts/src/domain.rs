@@ -183,9 +183,9 @@ pub struct ContactPatch {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Flag {
     pub active: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "reason", skip_serializing_if = "Option::is_none")]
     pub reason_opt: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "since", skip_serializing_if = "Option::is_none")]
     pub since_opt: Option<DateTime<Utc>>,
 }
 
@@ -220,11 +220,11 @@ pub struct ContactChange {
     pub fields: Vec<String>,
     pub actor: String,
     pub at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "reason", skip_serializing_if = "Option::is_none")]
     pub reason_opt: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "related_contact_id", skip_serializing_if = "Option::is_none")]
     pub related_contact_id_opt: Option<Uuid>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "related_source", skip_serializing_if = "Option::is_none")]
     pub related_source_opt: Option<Source>,
 }
 

@@ -444,7 +444,13 @@ impl ContactStore {
             .fields
             .iter()
             .filter(|d| held.contains(&d.key))
-            .map(|d| serde_json::json!({"field": d.key, "category": d.category, "purpose": d.purpose}))
+            .map(|d| {
+                let mut entry = serde_json::json!({"field": d.key, "category": d.category});
+                if !d.purpose.is_empty() {
+                    entry["purpose"] = serde_json::json!(d.purpose);
+                }
+                entry
+            })
             .collect();
         let count = 1 + history.len() as u64;
         let doc = serde_json::json!({

@@ -1,0 +1,163 @@
+//! The `carnet` binary as users run it: `config show`, `up`, `migrate` and `serve`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CARNET: &str = env!("CARGO_BIN_EXE_carnet");
+
+fn carnet() -> Command {
+    let mut cmd = Command::new(CARNET);
+    // Start from a clean configuration environment.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CARNET__") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("CARNET__TELEMETRY__LOG_FILTER", "warn");
+    cmd
+}
+
+/// Starts `carnet` with `args` and waits for its `gRPC on ADDR` start line on stderr.
+fn start(mut cmd: Command) -> (Child, String) {
+    let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("spawn carnet");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                if let Some(rest) = line.split("gRPC on ").nth(1) {
+                    return (child, rest.split_whitespace().next().unwrap().to_string());
+                }
+                seen.push(line);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("carnet exited with {status}: {}", seen.join("\n"));
+                }
+            }
+            Err(_) => panic!("carnet closed stderr: {}", seen.join("\n")),
+        }
+    }
+    let _ = child.kill();
+    panic!("carnet did not start: {}", seen.join("\n"));
+}
+
+fn stop(mut child: Child) {
+    // SIGTERM, as Kubernetes and Ctrl-C do; the node must exit cleanly.
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "carnet exited with {status}");
+}
+
+/// Asks the node's health service over a connection that is closed again before returning
+/// (its runtime is dropped), so a graceful shutdown has no idle client to wait for.
+fn serving(addr: &str) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(health_check(addr))
+}
+
+async fn health_check(addr: &str) -> bool {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else { return false };
+    let Ok(channel) = endpoint.connect().await else { return false };
+    let mut client = HealthClient::new(channel);
+    let req = HealthCheckRequest { service: "carnet.contacts.v1.ContactsService".into() };
+    matches!(client.check(req).await, Ok(r) if r.get_ref().status == 1)
+}
+
+#[test]
+fn test_config_show_redacts_secrets() {
+    let out = carnet()
+        .args(["config", "show"])
+        .env("CARNET__MESH__SIGNING_KEY", "0123456789abcdef0123456789abcdef-very-secret")
+        .env("CARNET__CONTACTS__DATABASE_URL", "postgres://carnet:hunter2@db:5432/contacts")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("very-secret"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("postgres://carnet:[redacted]@db:5432/contacts"), "{text}");
+    assert!(text.contains("listen_addr = \"127.0.0.1:50051\""), "{text}");
+}
+
+#[test]
+fn test_unknown_config_key_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("carnet.toml");
+    std::fs::write(&file, "[contacts]\nmax_conections = 4\n").unwrap();
+    let out = carnet().args(["config", "show", "--config"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("max_conections"), "{err}");
+    let out = carnet().args(["config", "show"]).env("CARNET__GRPC__LISTEN", "x").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr).unwrap().contains("listen"));
+}
+
+#[test]
+fn test_unknown_target_lists_the_valid_ones() {
+    let out = carnet().args(["serve", "--target", "billing"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("billing") && err.contains("contacts"), "{err}");
+}
+
+#[test]
+fn test_up_serves_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = carnet();
+    cmd.args(["up", "--grpc-addr", "127.0.0.1:0", "--data-dir"]).arg(dir.path());
+    let (child, addr) = start(cmd);
+    assert!(serving(&addr), "health check on {addr}");
+    let stopping = Instant::now();
+    stop(child);
+    assert!(stopping.elapsed() < Duration::from_secs(5), "graceful shutdown took {:?}", stopping.elapsed());
+    assert!(dir.path().join("contacts.db").exists());
+    assert!(dir.path().join("mesh.key").exists());
+}
+
+#[test]
+fn test_serve_requires_a_mesh_key() {
+    let out = carnet().args(["serve", "--target", "contacts"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr).unwrap().contains("mesh.signing_key"));
+}
+
+#[test]
+fn test_migrate_then_serve_on_postgres() {
+    let server = match std::env::var("CARNET_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ if std::env::var("CARNET_REQUIRE_POSTGRES").as_deref() == Ok("1") => panic!("CARNET_TEST_POSTGRES_URL is not set"),
+        _ => return eprintln!("skipped: CARNET_TEST_POSTGRES_URL is not set"),
+    };
+    let name = format!("carnet_cli_{}", std::process::id());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let url = rt.block_on(carnet_kit::db::create_postgres_database(&server, &name)).unwrap();
+    drop(rt);
+    let env = [
+        ("CARNET__CONTACTS__DATABASE_URL", url.as_str()),
+        ("CARNET__MESH__SIGNING_KEY", "a-mesh-signing-key-of-at-least-32-bytes"),
+        ("CARNET__GRPC__LISTEN_ADDR", "127.0.0.1:0"),
+    ];
+    // Split mode does not migrate by itself: it refuses to start on a stale schema.
+    let out = carnet().args(["serve", "--target", "contacts"]).envs(env).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr).unwrap().contains("carnet migrate"));
+    let out = carnet().args(["migrate", "--target", "contacts"]).envs(env).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut cmd = carnet();
+    cmd.args(["serve", "--target", "contacts"]).envs(env);
+    let (child, addr) = start(cmd);
+    assert!(serving(&addr));
+    stop(child);
+}
