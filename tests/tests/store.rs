@@ -372,3 +372,67 @@ store_test!(outbox_commits_with_the_change_only, |f: Fixture| async move {
     let count = carnet_kit::outbox::entity::Entity::find().count(&f.db.read).await.unwrap();
     assert_eq!(count, 1);
 });
+
+store_test!(concurrent_creates_commit_together_and_fail_alone, |f: Fixture| async move {
+    let tenant = Uuid::now_v7();
+    let existing = f.store.create(tenant, person("taken@example.org"), source()).await.unwrap();
+    // 40 creates at once: 30 distinct people, 5 copies of one new address, 4 of a stored one,
+    // and one outside the field policy.
+    let mut inputs: Vec<ContactInput> = (0..30).map(|i| person(&format!("p{i}@example.org"))).collect();
+    inputs.extend((0..5).map(|_| person("twin@example.org")));
+    inputs.extend((0..4).map(|_| person("TAKEN@example.org")));
+    let mut bad = person("bad@example.org");
+    bad.fields.insert("shoe_size".into(), FieldValue::Number(40.0));
+    inputs.push(bad);
+    let results = futures::future::join_all(inputs.into_iter().map(|input| f.store.create(tenant, input, source()))).await;
+    let created: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(created.len(), 31, "30 distinct people and one of the twins");
+    let twin = created.iter().find(|c| c.email.as_deref() == Some("twin@example.org")).unwrap();
+    for r in &results[30..35] {
+        match r {
+            Ok(c) => assert_eq!(c.id, twin.id),
+            Err(e) => {
+                assert_code(e, ErrorCode::AlreadyExists, "email");
+                assert_eq!(e.existing_id_opt, Some(twin.id.to_string()));
+            }
+        }
+    }
+    for r in &results[35..39] {
+        let e = r.as_ref().unwrap_err();
+        assert_code(e, ErrorCode::AlreadyExists, "email");
+        assert_eq!(e.existing_id_opt, Some(existing.id.to_string()));
+    }
+    assert_code(results[39].as_ref().unwrap_err(), ErrorCode::InvalidArgument, "fields.shoe_size");
+    assert_eq!(rows(&f, "contacts").await, 32);
+    assert_eq!(rows(&f, "contact_changes").await, 32);
+    assert_eq!(rows(&f, "outbox").await, 32);
+    for c in created {
+        assert_eq!(&f.store.get(tenant, c.id).await.unwrap(), c);
+    }
+});
+
+/// Two writers on one PostgreSQL database (two replicas of the service) racing on the same
+/// addresses: the unique index decides, the losing batch is retried create by create, and each
+/// address ends up held once with every loser told who holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_writers_on_postgres_keep_one_person_once() {
+    let Some(f) = postgres().await else { return };
+    let other_replica = ContactStore::new(f.db.clone());
+    let tenant = Uuid::now_v7();
+    for round in 0..5 {
+        let emails: Vec<String> = (0..10).map(|i| format!("r{round}-{i}@example.org")).collect();
+        let a = emails.iter().map(|e| f.store.create(tenant, person(e), source()));
+        let b = emails.iter().map(|e| other_replica.create(tenant, person(e), source()));
+        let (ra, rb) = futures::future::join(futures::future::join_all(a), futures::future::join_all(b)).await;
+        for (x, y) in ra.iter().zip(&rb) {
+            let (winner, loser) = match (x, y) {
+                (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+                other => panic!("exactly one create per address must win: {other:?}"),
+            };
+            assert_code(loser, ErrorCode::AlreadyExists, "email");
+            assert_eq!(loser.existing_id_opt, Some(winner.id.to_string()));
+        }
+    }
+    assert_eq!(rows(&f, "contacts").await, 50);
+    assert_eq!(rows(&f, "outbox").await, 50);
+}

@@ -255,24 +255,51 @@ impl tonic::service::Interceptor for CallerInterceptor {
 }
 
 /// Client-side interceptor: signs a fixed caller onto every outgoing request.
+///
+/// The signed headers are reused until half their lifetime has passed, so a busy client signs
+/// about once every 30 seconds and HTTP/2 header compression sees the same values.
 #[derive(Clone, Debug)]
 pub struct CallerSigner {
     key: MeshKey,
     caller: Arc<Caller>,
     ttl_secs: i64,
+    signed: Arc<std::sync::Mutex<Option<SignedHeaders>>>,
+}
+
+#[derive(Clone, Debug)]
+struct SignedHeaders {
+    payload: tonic::metadata::AsciiMetadataValue,
+    sig: tonic::metadata::AsciiMetadataValue,
+    renew_at: i64,
 }
 
 impl CallerSigner {
     pub fn new(key: MeshKey, caller: Caller) -> Self {
-        CallerSigner { key, caller: Arc::new(caller), ttl_secs: DEFAULT_CALLER_TTL_SECS }
+        CallerSigner { key, caller: Arc::new(caller), ttl_secs: DEFAULT_CALLER_TTL_SECS, signed: Default::default() }
     }
 
     /// Adds the signed caller headers to `request`.
     pub fn apply<T>(&self, request: &mut tonic::Request<T>) {
-        let (payload, sig) = self.key.sign(&self.caller, self.ttl_secs);
+        let now = chrono::Utc::now().timestamp();
+        let headers = {
+            let mut cached = self.signed.lock().unwrap_or_else(|e| e.into_inner());
+            match cached.as_ref() {
+                Some(h) if h.renew_at > now => h.clone(),
+                _ => {
+                    let (payload, sig) = self.key.sign(&self.caller, self.ttl_secs);
+                    let fresh = SignedHeaders {
+                        payload: payload.parse().expect("base64url is valid ascii metadata"),
+                        sig: sig.parse().expect("base64url is valid ascii metadata"),
+                        renew_at: now + self.ttl_secs / 2,
+                    };
+                    *cached = Some(fresh.clone());
+                    fresh
+                }
+            }
+        };
         let md = request.metadata_mut();
-        md.insert(CALLER_HEADER, payload.parse().expect("base64url is valid ascii metadata"));
-        md.insert(CALLER_SIG_HEADER, sig.parse().expect("base64url is valid ascii metadata"));
+        md.insert(CALLER_HEADER, headers.payload);
+        md.insert(CALLER_SIG_HEADER, headers.sig);
     }
 }
 

@@ -59,6 +59,8 @@ fn sqlite_options(url: &str, max_connections: u32) -> ConnectOptions {
     opts.max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(30))
+        // A local file does not drop connections: no ping round trip before each use.
+        .test_before_acquire(false)
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(|o| {
             o.journal_mode(SqliteJournalMode::Wal)
@@ -104,4 +106,16 @@ mod tests {
         assert_eq!(replace_database("postgres://h:5432", "x"), "postgres://h:5432/x");
         assert_eq!(replace_database("postgres://u@h/db?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
     }
+}
+
+/// Returns the current time at the precision every backend stores (microseconds), so a value
+/// returned after a write equals the value read back later.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    truncate(chrono::Utc::now())
+}
+
+/// Truncates a time to the stored precision (microseconds).
+pub fn truncate(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound as _;
+    at.trunc_subsecs(6)
 }

@@ -1,12 +1,12 @@
 //! The transactional outbox: a service writes each event in the same database transaction as the
 //! change it describes, so a committed change always has its event and a rolled-back one never
-//! does. A relay (see [`crate::bus`]) publishes pending rows and marks them published.
+//! does. A relay publishes pending rows and marks them published (it arrives with the event
+//! bus; until then rows stay pending).
 //!
 //! Every service's migrations create an `outbox` table of this shape.
 
-use chrono::Utc;
 use prost::Message;
-use sea_orm::{ActiveModelTrait, ConnectionTrait, DbErr, Set};
+use sea_orm::{ConnectionTrait, DbErr, EntityTrait, Set};
 use uuid::Uuid;
 
 use carnet_proto::events::v1::{Event, event::Payload};
@@ -46,8 +46,16 @@ pub fn kind_of(payload: &Payload) -> &'static str {
 
 /// Writes `payload` as a pending event of `tenant_id` on `conn` (a transaction).
 pub async fn enqueue<C: ConnectionTrait>(conn: &C, tenant_id: Uuid, payload: Payload) -> Result<Uuid, DbErr> {
+    let row = row(tenant_id, payload);
+    let id = row.id.clone().unwrap();
+    entity::Entity::insert(row).exec_without_returning(conn).await?;
+    Ok(id)
+}
+
+/// Returns the outbox row of a pending event, for callers that insert many rows at once.
+pub fn row(tenant_id: Uuid, payload: Payload) -> entity::ActiveModel {
     let id = Uuid::now_v7();
-    let now = Utc::now();
+    let now = crate::db::now();
     let kind = kind_of(&payload);
     let event = Event {
         id: id.to_string(),
@@ -64,7 +72,4 @@ pub async fn enqueue<C: ConnectionTrait>(conn: &C, tenant_id: Uuid, payload: Pay
         created_at: Set(now),
         published_at: Set(None),
     }
-    .insert(conn)
-    .await?;
-    Ok(id)
 }

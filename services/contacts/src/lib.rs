@@ -4,6 +4,7 @@
 //! history and the restriction (Art. 18) and objection (Art. 21) flags. Emits
 //! `contact.upserted`, `contact.merged` and `contact.erased` through its outbox.
 
+pub mod batch;
 pub mod convert;
 pub mod domain;
 pub mod entity;

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel, QueryFilter,
@@ -18,6 +17,7 @@ use carnet_kit::db::Db;
 use carnet_kit::{ErrorCode, ServiceError, outbox};
 use carnet_proto::events::v1::{ContactErased, ContactMerged, ContactUpserted, event::Payload};
 
+use crate::batch::Batcher;
 use crate::convert::channel_to_proto;
 use crate::domain::{
     Channel, Contact, ContactChange, ContactInput, ContactPage, ContactPatch, Erased, FieldDefinition, FieldPolicy,
@@ -32,7 +32,7 @@ pub const MAX_PAGE_SIZE: u32 = 500;
 
 /// Maps a database error to `internal`, logging its kind (database messages name constraints,
 /// never values).
-fn db_err(err: DbErr) -> ServiceError {
+pub(crate) fn db_err(err: DbErr) -> ServiceError {
     tracing::error!(error = %err, "contacts database error");
     ServiceError::internal("database error")
 }
@@ -40,11 +40,14 @@ fn db_err(err: DbErr) -> ServiceError {
 #[derive(Clone, Debug)]
 pub struct ContactStore {
     db: Db,
+    batcher: Batcher,
 }
 
 impl ContactStore {
+    /// Returns a store on `db`; spawns the create batcher on the current tokio runtime.
     pub fn new(db: Db) -> Self {
-        ContactStore { db }
+        let batcher = Batcher::spawn(db.clone());
+        ContactStore { db, batcher }
     }
 
     pub fn db(&self) -> &Db {
@@ -66,7 +69,7 @@ impl ContactStore {
         validate::validate_policy(&fields)?;
         let txn = self.db.write.begin().await.map_err(db_err)?;
         let current = load_policy(&txn, tenant_id).await?;
-        let now = Utc::now();
+        let now = carnet_kit::db::now();
         let json = serde_json::to_value(&fields).map_err(|_| ServiceError::internal("policy serialisation"))?;
         let model = field_policy::ActiveModel {
             tenant_id: Set(tenant_id),
@@ -86,48 +89,11 @@ impl ContactStore {
 
     /// Creates a contact. The source is mandatory; every field must be in the policy; the
     /// normalised e-mail and phone must be new to the tenant (`already_exists` carries the id).
+    ///
+    /// Concurrent creates are committed together in one transaction (see [`crate::batch`]);
+    /// each still succeeds or fails on its own.
     pub async fn create(&self, tenant_id: Uuid, input: ContactInput, source: Source) -> Result<Contact, ServiceError> {
-        let txn = self.db.write.begin().await.map_err(db_err)?;
-        let policy = load_policy(&txn, tenant_id).await?;
-        let valid = validate::validate_input(&policy, &input)?;
-        let keys = valid.keys();
-        validate::check_required(&policy, &|k| keys.iter().any(|p| p == k))?;
-        check_unique(&txn, tenant_id, None, valid.email_opt.as_deref(), valid.phone_opt.as_deref()).await?;
-        let now = Utc::now();
-        let id = Uuid::now_v7();
-        let model = contact::ActiveModel {
-            id: Set(id),
-            tenant_id: Set(tenant_id),
-            email: Set(valid.email_opt),
-            first_name: Set(valid.first_name_opt),
-            last_name: Set(valid.last_name_opt),
-            phone: Set(valid.phone_opt),
-            fields: Set(fields_json(&valid.fields)),
-            source_channel: Set(source.channel.as_str().to_string()),
-            source_detail: Set(source.detail.clone()),
-            source_actor: Set(source.actor.clone()),
-            source_collected_at: Set(source.collected_at),
-            restricted: Set(false),
-            restriction_reason: Set(None),
-            restricted_at: Set(None),
-            objected: Set(false),
-            objection_reason: Set(None),
-            objected_at: Set(None),
-            version: Set(1),
-            created_at: Set(now),
-            updated_at: Set(now),
-        };
-        let model = insert_contact(&txn, &self.db.read, model).await?;
-        record_change(&txn, tenant_id, id, "created", &keys, &source.actor, None, None, None).await?;
-        let event = ContactUpserted {
-            contact_id: id.to_string(),
-            created: true,
-            changed_fields: keys,
-            source_channel: channel_to_proto(source.channel) as i32,
-        };
-        outbox::enqueue(&txn, tenant_id, Payload::ContactUpserted(event)).await.map_err(db_err)?;
-        txn.commit().await.map_err(db_err)?;
-        to_domain(model)
+        self.batcher.create(tenant_id, input, source).await
     }
 
     /// Returns one contact of the tenant; another tenant's id reads as `not_found`.
@@ -206,7 +172,7 @@ impl ContactStore {
         model.phone = Set(next.phone);
         model.fields = Set(fields_json(&fields));
         model.version = Set(next.version + 1);
-        model.updated_at = Set(Utc::now());
+        model.updated_at = Set(carnet_kit::db::now());
         let model = update_contact(&txn, &self.db.read, model).await?;
         record_change(&txn, tenant_id, id, "rectified", &changed, actor, patch.reason_opt, None, None).await?;
         let event = ContactUpserted {
@@ -351,7 +317,7 @@ impl ContactStore {
         model.phone = Set(phone);
         model.fields = Set(fields_json(&fields));
         model.version = Set(keep.version + 1);
-        model.updated_at = Set(Utc::now());
+        model.updated_at = Set(carnet_kit::db::now());
         let model = update_contact(&txn, &self.db.read, model).await?;
         record_change(&txn, tenant_id, id, "merged", &taken, actor, None, Some(other_id), Some(&other_source)).await?;
         let merged = ContactMerged { contact_id: id.to_string(), merged_id: other_id.to_string() };
@@ -383,7 +349,7 @@ impl ContactStore {
         if is_active == active {
             return to_domain(current);
         }
-        let now = Utc::now();
+        let now = carnet_kit::db::now();
         let since_opt = active.then_some(now);
         let reason_kept = reason_opt.clone().filter(|_| active);
         let version = current.version + 1;
@@ -456,7 +422,7 @@ impl ContactStore {
         let doc = serde_json::json!({
             "service": crate::SERVICE_NAME,
             "schema_version": crate::EXPORT_SCHEMA_VERSION,
-            "exported_at": Utc::now(),
+            "exported_at": carnet_kit::db::now(),
             "contact": contact,
             "data_categories": categories,
             "history": history,
@@ -465,7 +431,76 @@ impl ContactStore {
     }
 }
 
-async fn load_policy<C: ConnectionTrait>(conn: &C, tenant_id: Uuid) -> Result<FieldPolicy, ServiceError> {
+/// A validated new contact, ready to insert.
+pub(crate) struct NewContact {
+    pub model: contact::Model,
+    pub keys: Vec<String>,
+    pub channel: Channel,
+    pub actor: String,
+}
+
+impl NewContact {
+    /// Returns the `created` history row and the `contact.upserted` outbox row of this contact.
+    pub fn rows(&self) -> (contact_change::ActiveModel, outbox::entity::ActiveModel) {
+        let m = &self.model;
+        let change = change_row(m.tenant_id, m.id, "created", &self.keys, &self.actor, None, None, None);
+        let event = ContactUpserted {
+            contact_id: m.id.to_string(),
+            created: true,
+            changed_fields: self.keys.clone(),
+            source_channel: channel_to_proto(self.channel) as i32,
+        };
+        (change, outbox::row(m.tenant_id, Payload::ContactUpserted(event)))
+    }
+}
+
+/// Validates a create against the policy and builds the row (no IO).
+pub(crate) fn prepare_create(policy: &FieldPolicy, tenant_id: Uuid, input: &ContactInput, source: &Source) -> Result<NewContact, ServiceError> {
+    let valid = validate::validate_input(policy, input)?;
+    let keys = valid.keys();
+    validate::check_required(policy, &|k| keys.iter().any(|p| p == k))?;
+    let now = carnet_kit::db::now();
+    let model = contact::Model {
+        id: Uuid::now_v7(),
+        tenant_id,
+        email: valid.email_opt,
+        first_name: valid.first_name_opt,
+        last_name: valid.last_name_opt,
+        phone: valid.phone_opt,
+        fields: fields_json(&valid.fields),
+        source_channel: source.channel.as_str().to_string(),
+        source_detail: source.detail.clone(),
+        source_actor: source.actor.clone(),
+        source_collected_at: carnet_kit::db::truncate(source.collected_at),
+        restricted: false,
+        restriction_reason: None,
+        restricted_at: None,
+        objected: false,
+        objection_reason: None,
+        objected_at: None,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    Ok(NewContact { model, keys, channel: source.channel, actor: source.actor.clone() })
+}
+
+/// Creates one contact in its own transaction: the path for a create that could not be
+/// committed with its batch.
+pub(crate) async fn create_one(db: &Db, tenant_id: Uuid, input: &ContactInput, source: &Source) -> Result<Contact, ServiceError> {
+    let txn = db.write.begin().await.map_err(db_err)?;
+    let policy = load_policy(&txn, tenant_id).await?;
+    let new = prepare_create(&policy, tenant_id, input, source)?;
+    check_unique(&txn, tenant_id, None, new.model.email.as_deref(), new.model.phone.as_deref()).await?;
+    let (change, event) = new.rows();
+    let model = insert_contact(&txn, &db.read, new.model.into_active_model()).await?;
+    contact_change::Entity::insert(change).exec_without_returning(&txn).await.map_err(db_err)?;
+    outbox::entity::Entity::insert(event).exec_without_returning(&txn).await.map_err(db_err)?;
+    txn.commit().await.map_err(db_err)?;
+    to_domain(model)
+}
+
+pub(crate) async fn load_policy<C: ConnectionTrait>(conn: &C, tenant_id: Uuid) -> Result<FieldPolicy, ServiceError> {
     let Some(row) = field_policy::Entity::find_by_id(tenant_id).one(conn).await.map_err(db_err)? else {
         return Ok(FieldPolicy::default_policy());
     };
@@ -512,7 +547,7 @@ async fn check_unique<C: ConnectionTrait>(
     Ok(())
 }
 
-fn duplicate(field: &str, existing: Uuid) -> ServiceError {
+pub(crate) fn duplicate(field: &str, existing: Uuid) -> ServiceError {
     ServiceError::new(ErrorCode::AlreadyExists, format!("{field}: already held by contact {existing}"))
         .with_field(field)
         .with_existing_id(existing.to_string())
@@ -577,7 +612,23 @@ async fn record_change<C: ConnectionTrait>(
     related_opt: Option<Uuid>,
     related_source_opt: Option<&Source>,
 ) -> Result<(), ServiceError> {
-    let change = contact_change::ActiveModel {
+    let change = change_row(tenant_id, contact_id, kind, fields, actor, reason_opt, related_opt, related_source_opt);
+    contact_change::Entity::insert(change).exec_without_returning(conn).await.map_err(db_err)?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn change_row(
+    tenant_id: Uuid,
+    contact_id: Uuid,
+    kind: &str,
+    fields: &[String],
+    actor: &str,
+    reason_opt: Option<String>,
+    related_opt: Option<Uuid>,
+    related_source_opt: Option<&Source>,
+) -> contact_change::ActiveModel {
+    contact_change::ActiveModel {
         id: Set(Uuid::now_v7()),
         tenant_id: Set(tenant_id),
         contact_id: Set(contact_id),
@@ -587,10 +638,8 @@ async fn record_change<C: ConnectionTrait>(
         reason: Set(reason_opt.filter(|r| !r.is_empty())),
         related_contact_id: Set(related_opt),
         source: Set(related_source_opt.map(|s| serde_json::to_value(s).expect("source serialises"))),
-        at: Set(Utc::now()),
-    };
-    contact_change::Entity::insert(change).exec_without_returning(conn).await.map_err(db_err)?;
-    Ok(())
+        at: Set(carnet_kit::db::now()),
+    }
 }
 
 async fn remove_subject<C: ConnectionTrait>(conn: &C, tenant_id: Uuid, id: Uuid, request_id: &str) -> Result<Erased, ServiceError> {
@@ -672,7 +721,7 @@ fn decode_cursor(cursor: &str) -> Result<Uuid, ServiceError> {
         .ok_or_else(|| ServiceError::invalid_field("cursor", "is not a cursor returned by this service"))
 }
 
-fn to_domain(model: contact::Model) -> Result<Contact, ServiceError> {
+pub(crate) fn to_domain(model: contact::Model) -> Result<Contact, ServiceError> {
     let source = source_of(&model)?;
     let fields = serde_json::from_value(model.fields).map_err(|_| ServiceError::internal("stored fields are unreadable"))?;
     Ok(Contact {
