@@ -137,6 +137,21 @@ async fn migrate<M: MigratorTrait>(db: &Db, target: Target, apply: bool) -> anyh
     Ok(())
 }
 
+/// Returns the span of one incoming call, named and attributed after the OpenTelemetry RPC
+/// conventions; the method path is its only attribute (never request data).
+fn grpc_span(path: &str) -> tracing::Span {
+    let full = path.trim_start_matches('/');
+    let (service, method) = full.split_once('/').unwrap_or((full, ""));
+    tracing::info_span!(
+        "grpc.server",
+        otel.name = %full,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+    )
+}
+
 /// Starts the given targets behind one gRPC server on `cfg.grpc.listen_addr` (port 0 picks a
 /// free port; see [`Node::grpc_addr`]).
 pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow::Result<Node> {
@@ -152,7 +167,8 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
         .context("failed to build the reflection service")?;
     let mut server = tonic::transport::Server::builder()
         .timeout(Duration::from_millis(cfg.grpc.request_timeout_ms))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .trace_fn(|request| grpc_span(request.uri().path()));
     let mut router = server.add_service(health_service).add_service(reflection);
     let mut dbs = Vec::new();
     let mut sorted = targets.to_vec();
