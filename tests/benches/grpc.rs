@@ -219,7 +219,9 @@ async fn bench_create(settings: Settings, sandbox: &Sandbox) -> Report {
         .map(|(i, client)| {
             move |n: u64| -> Call {
                 let mut client = client.clone();
-                Box::pin(async move { client.create_contact(create_request(format!("bench-{i}-{n}@example.org"))).await.map(drop) })
+                Box::pin(async move {
+                    client.create_contact(create_request(format!("bench-{i}-{n}@example.org"))).await.map(drop)
+                })
             }
         })
         .collect();
@@ -232,7 +234,8 @@ async fn bench_get(settings: Settings, sandbox: &Sandbox) -> Report {
     let mut seeder = sandbox.contacts(&caller);
     let mut ids = Vec::with_capacity(GET_POOL_SIZE);
     for n in 0..GET_POOL_SIZE {
-        let contact = seeder.create_contact(create_request(format!("pool-{n}@example.org"))).await.expect("seed contact");
+        let contact =
+            seeder.create_contact(create_request(format!("pool-{n}@example.org"))).await.expect("seed contact");
         ids.push(contact.into_inner().id);
     }
     let ids = Arc::new(ids);

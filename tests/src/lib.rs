@@ -45,10 +45,8 @@ impl Sandbox {
     /// `carnet migrate` then `carnet serve` do (split mode, mesh key from config).
     pub async fn start(backend: Backend) -> Sandbox {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut overrides = vec![
-            ("node.data_dir", dir.path().display().to_string()),
-            ("grpc.listen_addr", "127.0.0.1:0".to_string()),
-        ];
+        let mut overrides =
+            vec![("node.data_dir", dir.path().display().to_string()), ("grpc.listen_addr", "127.0.0.1:0".to_string())];
         let mode = match &backend {
             Backend::Sqlite => Mode::Monolith,
             Backend::Postgres(server) => {
@@ -83,7 +81,10 @@ impl Sandbox {
 
     /// A contacts client acting as `caller`.
     pub fn contacts(&self, caller: &Caller) -> ContactsClient {
-        ContactsServiceClient::with_interceptor(self.channel(), CallerSigner::new(self.node.mesh_key.clone(), caller.clone()))
+        ContactsServiceClient::with_interceptor(
+            self.channel(),
+            CallerSigner::new(self.node.mesh_key.clone(), caller.clone()),
+        )
     }
 
     /// Closes the sandbox's connection and shuts the node down.

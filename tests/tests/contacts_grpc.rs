@@ -73,7 +73,12 @@ async fn full_lifecycle(sb: &Sandbox) {
             ..Default::default()
         })
         .collect();
-    fields.push(FieldDefinition { key: "company".into(), r#type: FieldType::String as i32, category: "professional".into(), ..Default::default() });
+    fields.push(FieldDefinition {
+        key: "company".into(),
+        r#type: FieldType::String as i32,
+        category: "professional".into(),
+        ..Default::default()
+    });
     let policy = c.set_field_policy(SetFieldPolicyRequest { fields }).await.unwrap().into_inner();
     assert_eq!(policy.version, 1);
 
@@ -103,26 +108,43 @@ async fn full_lifecycle(sb: &Sandbox) {
     let rectified = c.update_contact(upd).await.unwrap().into_inner();
     assert_eq!(rectified.phone.as_deref(), Some("+12025550143"));
     assert_eq!(rectified.source, grace.source, "source is never rewritten");
-    let history = c.get_contact_history(GetContactHistoryRequest { id: grace.id.clone() }).await.unwrap().into_inner().changes;
+    let history =
+        c.get_contact_history(GetContactHistoryRequest { id: grace.id.clone() }).await.unwrap().into_inner().changes;
     assert_eq!(history.last().unwrap().kind, "rectified");
     assert_eq!(history.last().unwrap().fields, vec!["last_name".to_string(), "phone".to_string()]);
 
     // Search.
     let dup = c.create_contact(create("g.hopper@example.org", "Amazing Grace")).await.unwrap().into_inner();
     c.create_contact(create("alan@example.org", "Alan")).await.unwrap();
-    let found = c.list_contacts(ListContactsRequest { query: "grace".into(), ..Default::default() }).await.unwrap().into_inner();
+    let found = c
+        .list_contacts(ListContactsRequest { query: "grace".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(found.contacts.len(), 2);
 
     // Merge.
-    let merged = c.merge_contacts(MergeContactsRequest { id: grace.id.clone(), other_id: dup.id.clone() }).await.unwrap().into_inner();
+    let merged = c
+        .merge_contacts(MergeContactsRequest { id: grace.id.clone(), other_id: dup.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(merged.email.as_deref(), Some("grace.hopper@navy.mil"));
     let gone = c.get_contact(GetContactRequest { id: dup.id.clone() }).await.unwrap_err();
     assert_eq!(gone.code(), tonic::Code::NotFound);
 
     // Restrict and object.
-    let r = c.set_restriction(SetFlagRequest { id: grace.id.clone(), active: true, reason: "accuracy contested".into() }).await.unwrap().into_inner();
+    let r = c
+        .set_restriction(SetFlagRequest { id: grace.id.clone(), active: true, reason: "accuracy contested".into() })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r.restriction.unwrap().active);
-    let o = c.set_objection(SetFlagRequest { id: grace.id.clone(), active: true, reason: String::new() }).await.unwrap().into_inner();
+    let o = c
+        .set_objection(SetFlagRequest { id: grace.id.clone(), active: true, reason: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(o.objection.unwrap().active);
 
     // Export.
@@ -135,7 +157,11 @@ async fn full_lifecycle(sb: &Sandbox) {
     assert!(doc["history"].as_array().unwrap().iter().any(|h| h["kind"] == "merged"));
 
     // Erase.
-    let erased = c.erase_subject(EraseSubjectRequest { subject_id: grace.id.clone(), request_id: "dsar-1".into() }).await.unwrap().into_inner();
+    let erased = c
+        .erase_subject(EraseSubjectRequest { subject_id: grace.id.clone(), request_id: "dsar-1".into() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(erased.removed["contacts"], 1);
     assert!(erased.removed["contact_changes"] >= 5);
     let gone = c.get_contact(GetContactRequest { id: grace.id.clone() }).await.unwrap_err();
@@ -205,7 +231,10 @@ async fn refusals_name_the_field_and_store_nothing(sb: &Sandbox) {
     let e = err(stranger.export_subject(ExportSubjectRequest { subject_id: ada.id.clone() }).await.unwrap_err());
     assert_eq!(e.code, ErrorCode::NotFound);
     assert_eq!(count(&mut stranger).await, 0);
-    assert_eq!(c.get_contact(GetContactRequest { id: ada.id.clone() }).await.unwrap().into_inner().first_name.as_deref(), Some("Ada"));
+    assert_eq!(
+        c.get_contact(GetContactRequest { id: ada.id.clone() }).await.unwrap().into_inner().first_name.as_deref(),
+        Some("Ada")
+    );
 }
 
 both_modes!(refusals_name_the_field_and_store_nothing);
@@ -232,7 +261,10 @@ async fn permissions_are_checked_per_call(sb: &Sandbox) {
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
     // A context signed with another key.
     let forged = carnet_kit::CallerSigner::new(carnet_kit::MeshKey::generate(), owner.clone());
-    let mut forger = carnet_proto::contacts::v1::contacts_service_client::ContactsServiceClient::with_interceptor(sb.channel(), forged);
+    let mut forger = carnet_proto::contacts::v1::contacts_service_client::ContactsServiceClient::with_interceptor(
+        sb.channel(),
+        forged,
+    );
     let status = forger.get_contact(GetContactRequest { id: ada.id.clone() }).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
 }

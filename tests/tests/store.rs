@@ -1,13 +1,14 @@
 //! The contacts store suite, run against SQLite and against a real PostgreSQL (started by the
 //! test command). Each test gets a fresh database; tenants are random, so scoping is real.
 
-
 use chrono::Utc;
 use sea_orm::{ConnectionTrait, EntityTrait, PaginatorTrait};
 use uuid::Uuid;
 
-use carnet_contacts::domain::{Channel, ContactInput, ContactPatch, FieldDefinition, FieldType, FieldValue, FlagKind, Source};
 use carnet_contacts::ContactStore;
+use carnet_contacts::domain::{
+    Channel, ContactInput, ContactPatch, FieldDefinition, FieldType, FieldValue, FlagKind, Source,
+};
 use carnet_kit::db::{self, Db};
 use carnet_kit::{ErrorCode, ServiceError};
 use carnet_migrations::MigratorTrait;
@@ -145,7 +146,11 @@ store_test!(policy_governs_custom_and_builtin_fields, |f: Fixture| async move {
     let err = f.store.create(tenant, input, source()).await.unwrap_err();
     assert_code(&err, ErrorCode::InvalidArgument, "phone");
     // The e-mail is now required.
-    let err = f.store.create(tenant, ContactInput { first_name_opt: Some("Ada".into()), ..Default::default() }, source()).await.unwrap_err();
+    let err = f
+        .store
+        .create(tenant, ContactInput { first_name_opt: Some("Ada".into()), ..Default::default() }, source())
+        .await
+        .unwrap_err();
     assert_code(&err, ErrorCode::InvalidArgument, "email");
     // Typed custom fields.
     let mut input = person("ada@example.org");
@@ -189,7 +194,10 @@ store_test!(other_tenant_reads_not_found, |f: Fixture| async move {
     let bob = ContactInput { email_opt: Some("bob@example.org".into()), ..Default::default() };
     let d = f.store.create(other, bob, source()).await.unwrap();
     assert_eq!(f.store.get(other, c.id).await.unwrap_err().code, ErrorCode::NotFound);
-    let patch = ContactPatch { set: ContactInput { first_name_opt: Some("X".into()), ..Default::default() }, ..Default::default() };
+    let patch = ContactPatch {
+        set: ContactInput { first_name_opt: Some("X".into()), ..Default::default() },
+        ..Default::default()
+    };
     assert_eq!(f.store.update(other, c.id, "key:x", patch).await.unwrap_err().code, ErrorCode::NotFound);
     assert_eq!(f.store.delete(other, c.id).await.unwrap_err().code, ErrorCode::NotFound);
     assert_eq!(f.store.history(other, c.id).await.unwrap_err().code, ErrorCode::NotFound);
@@ -197,7 +205,10 @@ store_test!(other_tenant_reads_not_found, |f: Fixture| async move {
     let err = f.store.merge(other, d.id, c.id, "key:x").await.unwrap_err();
     assert_code(&err, ErrorCode::NotFound, "other_id");
     assert_eq!(f.store.erase_subject(other, c.id, "").await.unwrap().contacts, 0);
-    assert_eq!(f.store.set_flag(other, c.id, "key:x", FlagKind::Restriction, true, None).await.unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(
+        f.store.set_flag(other, c.id, "key:x", FlagKind::Restriction, true, None).await.unwrap_err().code,
+        ErrorCode::NotFound
+    );
     let page = f.store.list(other, "ada", 50, "").await.unwrap();
     assert!(page.contacts.is_empty());
     // Still intact for its owner.
@@ -208,7 +219,11 @@ store_test!(rectification_records_fields_not_values, |f: Fixture| async move {
     let tenant = Uuid::now_v7();
     let c = f.store.create(tenant, person("ada@example.org"), source()).await.unwrap();
     let patch = ContactPatch {
-        set: ContactInput { last_name_opt: Some("King".into()), email_opt: Some("ada@example.org".into()), ..Default::default() },
+        set: ContactInput {
+            last_name_opt: Some("King".into()),
+            email_opt: Some("ada@example.org".into()),
+            ..Default::default()
+        },
         clear: vec!["first_name".into()],
         reason_opt: Some("subject asked".into()),
         expected_version_opt: Some(1),
@@ -228,15 +243,27 @@ store_test!(rectification_records_fields_not_values, |f: Fixture| async move {
     let serialized = serde_json::to_string(&history).unwrap();
     assert!(!serialized.contains("Lovelace") && !serialized.contains("King"), "history holds no values: {serialized}");
     // Stale version.
-    let stale = ContactPatch { set: ContactInput { last_name_opt: Some("Byron".into()), ..Default::default() }, expected_version_opt: Some(1), ..Default::default() };
+    let stale = ContactPatch {
+        set: ContactInput { last_name_opt: Some("Byron".into()), ..Default::default() },
+        expected_version_opt: Some(1),
+        ..Default::default()
+    };
     let err = f.store.update(tenant, c.id, "key:clerk", stale).await.unwrap_err();
     assert_code(&err, ErrorCode::Conflict, "expected_version");
     // Malformed values are refused and nothing changes.
-    let bad = ContactPatch { set: ContactInput { phone_opt: Some("12".into()), ..Default::default() }, ..Default::default() };
-    assert_code(&f.store.update(tenant, c.id, "key:clerk", bad).await.unwrap_err(), ErrorCode::InvalidArgument, "phone");
+    let bad =
+        ContactPatch { set: ContactInput { phone_opt: Some("12".into()), ..Default::default() }, ..Default::default() };
+    assert_code(
+        &f.store.update(tenant, c.id, "key:clerk", bad).await.unwrap_err(),
+        ErrorCode::InvalidArgument,
+        "phone",
+    );
     assert_eq!(f.store.get(tenant, c.id).await.unwrap(), updated);
     // A no-op update records nothing.
-    let same = ContactPatch { set: ContactInput { last_name_opt: Some("King".into()), ..Default::default() }, ..Default::default() };
+    let same = ContactPatch {
+        set: ContactInput { last_name_opt: Some("King".into()), ..Default::default() },
+        ..Default::default()
+    };
     assert_eq!(f.store.update(tenant, c.id, "key:clerk", same).await.unwrap().version, 2);
     assert_eq!(f.store.history(tenant, c.id).await.unwrap().len(), 2);
 });
@@ -245,7 +272,10 @@ store_test!(rectifying_to_a_taken_email_is_refused, |f: Fixture| async move {
     let tenant = Uuid::now_v7();
     let a = f.store.create(tenant, person("ada@example.org"), source()).await.unwrap();
     let b = f.store.create(tenant, person("bob@example.org"), source()).await.unwrap();
-    let patch = ContactPatch { set: ContactInput { email_opt: Some("Ada@Example.org".into()), ..Default::default() }, ..Default::default() };
+    let patch = ContactPatch {
+        set: ContactInput { email_opt: Some("Ada@Example.org".into()), ..Default::default() },
+        ..Default::default()
+    };
     let err = f.store.update(tenant, b.id, "key:x", patch).await.unwrap_err();
     assert_code(&err, ErrorCode::AlreadyExists, "email");
     assert_eq!(err.existing_id_opt, Some(a.id.to_string()));
@@ -286,8 +316,13 @@ store_test!(search_and_cursor_pagination, |f: Fixture| async move {
 store_test!(merge_fills_blanks_and_keeps_provenance, |f: Fixture| async move {
     let tenant = Uuid::now_v7();
     let keep = f.store.create(tenant, person("ada@example.org"), source()).await.unwrap();
-    let other_source = Source { channel: Channel::WebForm, detail: "form-7".into(), actor: "public".into(), collected_at: Utc::now() };
-    let other_input = ContactInput { phone_opt: Some("+33612345678".into()), first_name_opt: Some("Augusta".into()), ..Default::default() };
+    let other_source =
+        Source { channel: Channel::WebForm, detail: "form-7".into(), actor: "public".into(), collected_at: Utc::now() };
+    let other_input = ContactInput {
+        phone_opt: Some("+33612345678".into()),
+        first_name_opt: Some("Augusta".into()),
+        ..Default::default()
+    };
     let other = f.store.create(tenant, other_input, other_source.clone()).await.unwrap();
     f.store.set_flag(tenant, other.id, "key:x", FlagKind::Objection, true, Some("no marketing".into())).await.unwrap();
     let merged = f.store.merge(tenant, keep.id, other.id, "key:merger").await.unwrap();
@@ -309,7 +344,11 @@ store_test!(merge_fills_blanks_and_keeps_provenance, |f: Fixture| async move {
 store_test!(restriction_and_objection_flags, |f: Fixture| async move {
     let tenant = Uuid::now_v7();
     let c = f.store.create(tenant, person("ada@example.org"), source()).await.unwrap();
-    let r = f.store.set_flag(tenant, c.id, "key:dpo", FlagKind::Restriction, true, Some("accuracy contested".into())).await.unwrap();
+    let r = f
+        .store
+        .set_flag(tenant, c.id, "key:dpo", FlagKind::Restriction, true, Some("accuracy contested".into()))
+        .await
+        .unwrap();
     assert!(r.restriction.active);
     assert_eq!(r.restriction.reason_opt.as_deref(), Some("accuracy contested"));
     assert!(r.restriction.since_opt.is_some());
@@ -328,7 +367,10 @@ store_test!(export_holds_the_subject_only, |f: Fixture| async move {
     let tenant = Uuid::now_v7();
     let c = f.store.create(tenant, person("ada@example.org"), source()).await.unwrap();
     f.store.create(tenant, person("bob@example.org"), source()).await.unwrap();
-    let patch = ContactPatch { set: ContactInput { last_name_opt: Some("King".into()), ..Default::default() }, ..Default::default() };
+    let patch = ContactPatch {
+        set: ContactInput { last_name_opt: Some("King".into()), ..Default::default() },
+        ..Default::default()
+    };
     f.store.update(tenant, c.id, "key:x", patch).await.unwrap();
     let (doc, count) = f.store.export_subject(tenant, c.id).await.unwrap();
     assert_eq!(count, 3);
@@ -338,7 +380,8 @@ store_test!(export_holds_the_subject_only, |f: Fixture| async move {
     assert_eq!(doc["contact"]["source"]["channel"], "api");
     assert_eq!(doc["contact"]["source"]["detail"], "crm-sync");
     assert_eq!(doc["history"].as_array().unwrap().len(), 2);
-    let categories: Vec<&str> = doc["data_categories"].as_array().unwrap().iter().map(|c| c["category"].as_str().unwrap()).collect();
+    let categories: Vec<&str> =
+        doc["data_categories"].as_array().unwrap().iter().map(|c| c["category"].as_str().unwrap()).collect();
     assert!(categories.contains(&"contact") && categories.contains(&"identity"));
     assert!(!doc.to_string().contains("bob@example.org"));
 });
@@ -367,7 +410,10 @@ store_test!(outbox_commits_with_the_change_only, |f: Fixture| async move {
     let tenant = Uuid::now_v7();
     let c = f.store.create(tenant, person("ada@example.org"), source()).await.unwrap();
     assert!(f.store.create(tenant, person("ada@example.org"), source()).await.is_err());
-    let bad = ContactPatch { set: ContactInput { email_opt: Some("nope".into()), ..Default::default() }, ..Default::default() };
+    let bad = ContactPatch {
+        set: ContactInput { email_opt: Some("nope".into()), ..Default::default() },
+        ..Default::default()
+    };
     assert!(f.store.update(tenant, c.id, "key:x", bad).await.is_err());
     let count = carnet_kit::outbox::entity::Entity::find().count(&f.db.read).await.unwrap();
     assert_eq!(count, 1);
@@ -384,7 +430,8 @@ store_test!(concurrent_creates_commit_together_and_fail_alone, |f: Fixture| asyn
     let mut bad = person("bad@example.org");
     bad.fields.insert("shoe_size".into(), FieldValue::Number(40.0));
     inputs.push(bad);
-    let results = futures::future::join_all(inputs.into_iter().map(|input| f.store.create(tenant, input, source()))).await;
+    let results =
+        futures::future::join_all(inputs.into_iter().map(|input| f.store.create(tenant, input, source()))).await;
     let created: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
     assert_eq!(created.len(), 31, "30 distinct people and one of the twins");
     let twin = created.iter().find(|c| c.email.as_deref() == Some("twin@example.org")).unwrap();

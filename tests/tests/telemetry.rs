@@ -80,9 +80,11 @@ async fn test_grpc_calls_are_exported_as_spans_without_personal_data() {
         guard.flush();
     };
     let attr = |key: &str| {
-        span.attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.clone()).and_then(|v| v.value).map(|v| match v {
-            Value::StringValue(s) => s,
-            other => format!("{other:?}"),
+        span.attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.clone()).and_then(|v| v.value).map(|v| {
+            match v {
+                Value::StringValue(s) => s,
+                other => format!("{other:?}"),
+            }
         })
     };
     assert_eq!(attr("rpc.system").as_deref(), Some("grpc"));

@@ -145,4 +145,3 @@ async fn shutdown_signal() {
     }
     tracing::info!("shutting down");
 }
-

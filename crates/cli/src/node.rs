@@ -48,7 +48,10 @@ impl Node {
         match tokio::time::timeout(self.shutdown_grace, &mut self.server).await {
             Ok(res) => res.context("grpc server task failed")?.context("grpc server failed")?,
             Err(_) => {
-                tracing::warn!(grace_ms = self.shutdown_grace.as_millis() as u64, "calls still open after the grace period, closing");
+                tracing::warn!(
+                    grace_ms = self.shutdown_grace.as_millis() as u64,
+                    "calls still open after the grace period, closing"
+                );
                 self.server.abort();
             }
         }
@@ -132,7 +135,10 @@ async fn migrate<M: MigratorTrait>(db: &Db, target: Target, apply: bool) -> anyh
     }
     let pending = M::get_pending_migrations(&db.write).await.context("failed to read migration state")?;
     if !pending.is_empty() {
-        bail!("the {target} database has {} pending migrations: run `carnet migrate --target {target}` first", pending.len());
+        bail!(
+            "the {target} database has {} pending migrations: run `carnet migrate --target {target}` first",
+            pending.len()
+        );
     }
     Ok(())
 }
@@ -180,7 +186,8 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
             Target::Contacts => {
                 let grpc = ContactsGrpc::new(ContactStore::new(db.clone()));
                 let svc = ContactsServiceServer::new(grpc).max_decoding_message_size(cfg.grpc.max_message_bytes);
-                router = router.add_service(tonic::service::interceptor::InterceptedService::new(svc, interceptor.clone()));
+                router =
+                    router.add_service(tonic::service::interceptor::InterceptedService::new(svc, interceptor.clone()));
                 health_reporter
                     .set_service_status("carnet.contacts.v1.ContactsService", tonic_health::ServingStatus::Serving)
                     .await;

@@ -43,10 +43,15 @@ fn start(mut cmd: Command) -> (Child, String) {
                     panic!("carnet exited with {status}: {}", seen.join("\n"));
                 }
             }
-            Err(_) => panic!("carnet closed stderr: {}", seen.join("\n")),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("carnet closed stderr: {}", seen.join("\n"));
+            }
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("carnet did not start: {}", seen.join("\n"));
 }
 
@@ -137,7 +142,9 @@ fn test_serve_requires_a_mesh_key() {
 fn test_migrate_then_serve_on_postgres() {
     let server = match std::env::var("CARNET_TEST_POSTGRES_URL") {
         Ok(url) if !url.is_empty() => url,
-        _ if std::env::var("CARNET_REQUIRE_POSTGRES").as_deref() == Ok("1") => panic!("CARNET_TEST_POSTGRES_URL is not set"),
+        _ if std::env::var("CARNET_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
+            panic!("CARNET_TEST_POSTGRES_URL is not set")
+        }
         _ => return eprintln!("skipped: CARNET_TEST_POSTGRES_URL is not set"),
     };
     let name = format!("carnet_cli_{}", std::process::id());

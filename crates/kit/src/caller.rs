@@ -111,7 +111,11 @@ pub struct Caller {
 }
 
 impl Caller {
-    pub fn new(tenant_id: Uuid, principal: impl Into<String>, permissions: impl IntoIterator<Item = Permission>) -> Self {
+    pub fn new(
+        tenant_id: Uuid,
+        principal: impl Into<String>,
+        permissions: impl IntoIterator<Item = Permission>,
+    ) -> Self {
         Caller { tenant_id, principal: principal.into(), permissions: permissions.into_iter().collect(), expires_at: 0 }
     }
 

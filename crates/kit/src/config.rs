@@ -196,22 +196,22 @@ signing_key = ""
 
     #[test]
     fn test_unknown_key_in_env_is_refused_naming_it() {
-        let err = load_with_env::<TestConfig>(DEFAULTS, None, &[], env(&[("CARNET__MESH__SIGNING_KEYS", "x")]))
-            .unwrap_err();
+        let err =
+            load_with_env::<TestConfig>(DEFAULTS, None, &[], env(&[("CARNET__MESH__SIGNING_KEYS", "x")])).unwrap_err();
         assert!(err.to_string().contains("signing_keys"), "{err}");
     }
 
     #[test]
     fn test_unknown_section_is_refused_naming_it() {
-        let err = load_with_env::<TestConfig>(DEFAULTS, None, &[], env(&[("CARNET__GRCP__LISTEN_ADDR", "x")]))
-            .unwrap_err();
+        let err =
+            load_with_env::<TestConfig>(DEFAULTS, None, &[], env(&[("CARNET__GRCP__LISTEN_ADDR", "x")])).unwrap_err();
         assert!(err.to_string().contains("grcp"), "{err}");
     }
 
     #[test]
     fn test_bad_address_is_refused_naming_the_key() {
-        let err =
-            load_with_env::<TestConfig>(DEFAULTS, None, &[("grpc.listen_addr", "nowhere".into())], env(&[])).unwrap_err();
+        let err = load_with_env::<TestConfig>(DEFAULTS, None, &[("grpc.listen_addr", "nowhere".into())], env(&[]))
+            .unwrap_err();
         assert!(err.to_string().contains("grpc.listen_addr"), "{err}");
     }
 

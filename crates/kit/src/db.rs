@@ -96,18 +96,6 @@ fn replace_database(url: &str, name: &str) -> String {
     format!("{scheme}://{host}/{name}{query}")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn test_replace_database_keeps_credentials_and_query() {
-        assert_eq!(replace_database("postgres://u:p@h:5432/postgres", "x"), "postgres://u:p@h:5432/x");
-        assert_eq!(replace_database("postgres://h:5432", "x"), "postgres://h:5432/x");
-        assert_eq!(replace_database("postgres://u@h/db?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
-    }
-}
-
 /// Returns the current time at the precision every backend stores (microseconds), so a value
 /// returned after a write equals the value read back later.
 pub fn now() -> chrono::DateTime<chrono::Utc> {
@@ -118,4 +106,16 @@ pub fn now() -> chrono::DateTime<chrono::Utc> {
 pub fn truncate(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
     use chrono::SubsecRound as _;
     at.trunc_subsecs(6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_replace_database_keeps_credentials_and_query() {
+        assert_eq!(replace_database("postgres://u:p@h:5432/postgres", "x"), "postgres://u:p@h:5432/x");
+        assert_eq!(replace_database("postgres://h:5432", "x"), "postgres://h:5432/x");
+        assert_eq!(replace_database("postgres://u@h/db?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+    }
 }

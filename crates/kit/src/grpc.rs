@@ -21,7 +21,8 @@ pub fn to_timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
 /// Converts a protobuf timestamp to a UTC time, failing with `invalid_argument` naming `field`.
 pub fn from_timestamp(field: &str, ts: &prost_types::Timestamp) -> Result<DateTime<Utc>, ServiceError> {
     let nanos = u32::try_from(ts.nanos).map_err(|_| ServiceError::invalid_field(field, "has negative nanos"))?;
-    DateTime::<Utc>::from_timestamp(ts.seconds, nanos).ok_or_else(|| ServiceError::invalid_field(field, "is out of range"))
+    DateTime::<Utc>::from_timestamp(ts.seconds, nanos)
+        .ok_or_else(|| ServiceError::invalid_field(field, "is out of range"))
 }
 
 #[cfg(test)]

@@ -64,9 +64,12 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
 
 /// What becomes of one job of the batch.
 enum Outcome {
-    Insert(NewContact),
+    Insert(Box<NewContact>),
     /// Duplicate of an earlier create of the same batch: answered once that one is committed.
-    SameBatchDuplicate { field: &'static str, index: usize },
+    SameBatchDuplicate {
+        field: &'static str,
+        index: usize,
+    },
 }
 
 async fn commit_batch(db: &Db, jobs: Vec<Job>) {
@@ -91,7 +94,7 @@ async fn commit_batch(db: &Db, jobs: Vec<Job>) {
         };
         match prepare_create(policy, job.tenant_id, &job.input, &job.source) {
             Ok(new) => {
-                outcomes.push(Some(Outcome::Insert(new)));
+                outcomes.push(Some(Outcome::Insert(Box::new(new))));
                 replies.push(Some(job.reply));
                 retry_inputs.push((job.tenant_id, job.input, job.source));
             }
@@ -103,10 +106,14 @@ async fn commit_batch(db: &Db, jobs: Vec<Job>) {
     if let Err(err) = refuse_duplicates(&txn, &mut outcomes, &mut replies).await {
         return fail_replies(replies, err);
     }
-    let new: Vec<&NewContact> = outcomes.iter().flatten().filter_map(|o| match o {
-        Outcome::Insert(n) => Some(n),
-        Outcome::SameBatchDuplicate { .. } => None,
-    }).collect();
+    let new: Vec<&NewContact> = outcomes
+        .iter()
+        .flatten()
+        .filter_map(|o| match o {
+            Outcome::Insert(n) => Some(n.as_ref()),
+            Outcome::SameBatchDuplicate { .. } => None,
+        })
+        .collect();
     if !new.is_empty() {
         let contacts = new.iter().map(|n| sea_orm::IntoActiveModel::into_active_model(n.model.clone()));
         let (changes, events): (Vec<_>, Vec<_>) = new.iter().map(|n| n.rows()).unzip();
@@ -120,7 +127,10 @@ async fn commit_batch(db: &Db, jobs: Vec<Job>) {
         if let Err(err) = inserted {
             drop(txn);
             if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
-                tracing::info!(creates = retry_inputs.len(), "batch lost a uniqueness race, retrying its creates one by one");
+                tracing::info!(
+                    creates = retry_inputs.len(),
+                    "batch lost a uniqueness race, retrying its creates one by one"
+                );
                 return retry_one_by_one(db, retry_inputs, outcomes, replies).await;
             }
             return fail_replies(replies, db_err(err));
@@ -173,7 +183,9 @@ async fn refuse_duplicates<C: sea_orm::ConnectionTrait>(
             .select_only()
             .columns([contact::Column::Id, contact::Column::Email, contact::Column::Phone])
             .filter(contact::Column::TenantId.eq(tenant_id))
-            .filter(Condition::any().add(contact::Column::Email.is_in(emails)).add(contact::Column::Phone.is_in(phones)))
+            .filter(
+                Condition::any().add(contact::Column::Email.is_in(emails)).add(contact::Column::Phone.is_in(phones)),
+            )
             .into_tuple()
             .all(conn)
             .await

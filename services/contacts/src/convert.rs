@@ -47,16 +47,24 @@ fn channel_from_proto(value: i32) -> Option<Channel> {
 
 /// Reads the mandatory source of a create; the actor defaults to the caller, the time to now.
 pub fn source_from_proto(source_opt: Option<pb_common::Source>, principal: &str) -> Result<Source, ServiceError> {
-    let source = source_opt.ok_or_else(|| ServiceError::invalid_field("source", "is required: where, when and how the contact entered"))?;
+    let source = source_opt
+        .ok_or_else(|| ServiceError::invalid_field("source", "is required: where, when and how the contact entered"))?;
     let valid: Vec<&str> = Channel::ALL.iter().map(|c| c.as_str()).collect();
-    let channel = channel_from_proto(source.channel)
-        .ok_or_else(|| ServiceError::invalid_field("source.channel", format!("is required, one of: {}", valid.join(", "))))?;
+    let channel = channel_from_proto(source.channel).ok_or_else(|| {
+        ServiceError::invalid_field("source.channel", format!("is required, one of: {}", valid.join(", ")))
+    })?;
     let detail = source.detail.trim().to_string();
     if detail.is_empty() {
-        return Err(ServiceError::invalid_field("source.detail", "is required (a form id, file name, API client, event…)"));
+        return Err(ServiceError::invalid_field(
+            "source.detail",
+            "is required (a form id, file name, API client, event…)",
+        ));
     }
     if detail.chars().count() > MAX_DETAIL_CHARS {
-        return Err(ServiceError::invalid_field("source.detail", format!("is longer than {MAX_DETAIL_CHARS} characters")));
+        return Err(ServiceError::invalid_field(
+            "source.detail",
+            format!("is longer than {MAX_DETAIL_CHARS} characters"),
+        ));
     }
     let actor = if source.actor.trim().is_empty() { principal.to_string() } else { source.actor.trim().to_string() };
     let now = Utc::now();
@@ -79,7 +87,9 @@ pub fn source_to_proto(source: &Source) -> pb_common::Source {
     }
 }
 
-pub fn fields_from_proto(fields: std::collections::HashMap<String, pb::FieldValue>) -> Result<BTreeMap<String, FieldValue>, ServiceError> {
+pub fn fields_from_proto(
+    fields: std::collections::HashMap<String, pb::FieldValue>,
+) -> Result<BTreeMap<String, FieldValue>, ServiceError> {
     fields
         .into_iter()
         .map(|(key, value)| {
@@ -87,7 +97,12 @@ pub fn fields_from_proto(fields: std::collections::HashMap<String, pb::FieldValu
                 Some(pb::field_value::Kind::StringValue(s)) => FieldValue::String(s),
                 Some(pb::field_value::Kind::NumberValue(n)) => FieldValue::Number(n),
                 Some(pb::field_value::Kind::BoolValue(b)) => FieldValue::Bool(b),
-                None => return Err(ServiceError::invalid_field(format!("fields.{key}"), "has no value; use clear_fields to remove it")),
+                None => {
+                    return Err(ServiceError::invalid_field(
+                        format!("fields.{key}"),
+                        "has no value; use clear_fields to remove it",
+                    ));
+                }
             };
             Ok((key, value))
         })

@@ -37,7 +37,10 @@ fn reason_opt(reason: String) -> Option<String> {
 
 #[tonic::async_trait]
 impl ContactsService for ContactsGrpc {
-    async fn create_contact(&self, request: Request<pb::CreateContactRequest>) -> Result<Response<pb::Contact>, Status> {
+    async fn create_contact(
+        &self,
+        request: Request<pb::CreateContactRequest>,
+    ) -> Result<Response<pb::Contact>, Status> {
         let caller = caller(&request, Permission::ContactsWrite)?;
         let mut req = request.into_inner();
         let source = convert::source_from_proto(req.source.take(), &caller.principal)?;
@@ -54,7 +57,10 @@ impl ContactsService for ContactsGrpc {
         Ok(Response::new(convert::contact_to_proto(contact)))
     }
 
-    async fn update_contact(&self, request: Request<pb::UpdateContactRequest>) -> Result<Response<pb::Contact>, Status> {
+    async fn update_contact(
+        &self,
+        request: Request<pb::UpdateContactRequest>,
+    ) -> Result<Response<pb::Contact>, Status> {
         let caller = caller(&request, Permission::ContactsWrite)?;
         let req = request.into_inner();
         let id = parse_id("id", &req.id)?;
@@ -75,7 +81,10 @@ impl ContactsService for ContactsGrpc {
         Ok(Response::new(convert::contact_to_proto(contact)))
     }
 
-    async fn delete_contact(&self, request: Request<pb::DeleteContactRequest>) -> Result<Response<pb::DeleteContactResponse>, Status> {
+    async fn delete_contact(
+        &self,
+        request: Request<pb::DeleteContactRequest>,
+    ) -> Result<Response<pb::DeleteContactResponse>, Status> {
         let caller = caller(&request, Permission::ContactsDelete)?;
         let id = parse_id("id", &request.get_ref().id)?;
         self.store.delete(caller.tenant_id, id).await?;
@@ -83,7 +92,10 @@ impl ContactsService for ContactsGrpc {
         Ok(Response::new(pb::DeleteContactResponse {}))
     }
 
-    async fn list_contacts(&self, request: Request<pb::ListContactsRequest>) -> Result<Response<pb::ListContactsResponse>, Status> {
+    async fn list_contacts(
+        &self,
+        request: Request<pb::ListContactsRequest>,
+    ) -> Result<Response<pb::ListContactsResponse>, Status> {
         let caller = caller(&request, Permission::ContactsRead)?;
         let req = request.into_inner();
         let page = self.store.list(caller.tenant_id, &req.query, req.limit, &req.cursor).await?;
@@ -93,7 +105,10 @@ impl ContactsService for ContactsGrpc {
         }))
     }
 
-    async fn merge_contacts(&self, request: Request<pb::MergeContactsRequest>) -> Result<Response<pb::Contact>, Status> {
+    async fn merge_contacts(
+        &self,
+        request: Request<pb::MergeContactsRequest>,
+    ) -> Result<Response<pb::Contact>, Status> {
         let caller = caller(&request, Permission::ContactsWrite)?;
         let req = request.get_ref();
         let id = parse_id("id", &req.id)?;
@@ -110,16 +125,24 @@ impl ContactsService for ContactsGrpc {
         let caller = caller(&request, Permission::ContactsRead)?;
         let id = parse_id("id", &request.get_ref().id)?;
         let changes = self.store.history(caller.tenant_id, id).await?;
-        Ok(Response::new(pb::GetContactHistoryResponse { changes: changes.into_iter().map(convert::change_to_proto).collect() }))
+        Ok(Response::new(pb::GetContactHistoryResponse {
+            changes: changes.into_iter().map(convert::change_to_proto).collect(),
+        }))
     }
 
-    async fn get_field_policy(&self, request: Request<pb::GetFieldPolicyRequest>) -> Result<Response<pb::FieldPolicy>, Status> {
+    async fn get_field_policy(
+        &self,
+        request: Request<pb::GetFieldPolicyRequest>,
+    ) -> Result<Response<pb::FieldPolicy>, Status> {
         let caller = caller(&request, Permission::ContactsRead)?;
         let policy = self.store.field_policy(caller.tenant_id).await?;
         Ok(Response::new(convert::policy_to_proto(policy)))
     }
 
-    async fn set_field_policy(&self, request: Request<pb::SetFieldPolicyRequest>) -> Result<Response<pb::FieldPolicy>, Status> {
+    async fn set_field_policy(
+        &self,
+        request: Request<pb::SetFieldPolicyRequest>,
+    ) -> Result<Response<pb::FieldPolicy>, Status> {
         let caller = caller(&request, Permission::PolicyManage)?;
         let fields = convert::definitions_from_proto(request.into_inner().fields)?;
         let policy = self.store.set_field_policy(caller.tenant_id, &caller.principal, fields).await?;
@@ -163,17 +186,28 @@ impl ContactsService for ContactsGrpc {
         tracing::info!(tenant_id = %caller.tenant_id, contact_id = %id, contacts = erased.contacts, changes = erased.contact_changes, "subject erased");
         Ok(Response::new(pb_common::EraseSubjectResponse {
             service: crate::SERVICE_NAME.to_string(),
-            removed: [("contacts".to_string(), erased.contacts), ("contact_changes".to_string(), erased.contact_changes)].into(),
+            removed: [
+                ("contacts".to_string(), erased.contacts),
+                ("contact_changes".to_string(), erased.contact_changes),
+            ]
+            .into(),
         }))
     }
 }
 
 impl ContactsGrpc {
-    async fn set_flag(&self, request: Request<pb::SetFlagRequest>, kind: FlagKind) -> Result<Response<pb::Contact>, Status> {
+    async fn set_flag(
+        &self,
+        request: Request<pb::SetFlagRequest>,
+        kind: FlagKind,
+    ) -> Result<Response<pb::Contact>, Status> {
         let caller = caller(&request, Permission::ContactsWrite)?;
         let req = request.into_inner();
         let id = parse_id("id", &req.id)?;
-        let contact = self.store.set_flag(caller.tenant_id, id, &caller.principal, kind, req.active, reason_opt(req.reason)).await?;
+        let contact = self
+            .store
+            .set_flag(caller.tenant_id, id, &caller.principal, kind, req.active, reason_opt(req.reason))
+            .await?;
         tracing::info!(tenant_id = %caller.tenant_id, contact_id = %id, ?kind, active = req.active, "contact flag set");
         Ok(Response::new(convert::contact_to_proto(contact)))
     }

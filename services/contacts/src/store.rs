@@ -8,8 +8,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel, QueryFilter,
-    QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel,
+    QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -84,7 +84,12 @@ impl ContactStore {
             model.update(&txn).await.map_err(db_err)?;
         }
         txn.commit().await.map_err(db_err)?;
-        Ok(FieldPolicy { fields, version: current.version + 1, updated_by: actor.to_string(), updated_at_opt: Some(now) })
+        Ok(FieldPolicy {
+            fields,
+            version: current.version + 1,
+            updated_by: actor.to_string(),
+            updated_at_opt: Some(now),
+        })
     }
 
     /// Creates a contact. The source is mandatory; every field must be in the policy; the
@@ -102,18 +107,24 @@ impl ContactStore {
     }
 
     /// Rectifies a contact and records which fields changed (never the old values).
-    pub async fn update(&self, tenant_id: Uuid, id: Uuid, actor: &str, patch: ContactPatch) -> Result<Contact, ServiceError> {
+    pub async fn update(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        actor: &str,
+        patch: ContactPatch,
+    ) -> Result<Contact, ServiceError> {
         let txn = self.db.write.begin().await.map_err(db_err)?;
         let policy = load_policy(&txn, tenant_id).await?;
         let current = find(&txn, tenant_id, id, "id").await?;
-        if let Some(expected) = patch.expected_version_opt {
-            if expected != current.version {
-                return Err(ServiceError::new(
-                    ErrorCode::Conflict,
-                    format!("contact {id} is at version {}, not {expected}", current.version),
-                )
-                .with_field("expected_version"));
-            }
+        if let Some(expected) = patch.expected_version_opt
+            && expected != current.version
+        {
+            return Err(ServiceError::new(
+                ErrorCode::Conflict,
+                format!("contact {id} is at version {}, not {expected}", current.version),
+            )
+            .with_field("expected_version"));
         }
         let valid = validate::validate_input(&policy, &patch.set)?;
         for (i, key) in patch.clear.iter().enumerate() {
@@ -206,7 +217,13 @@ impl ContactStore {
 
     /// Lists the tenant's contacts in creation order, optionally matching `query`
     /// (case-insensitive substring of e-mail, names or phone).
-    pub async fn list(&self, tenant_id: Uuid, query: &str, limit: u32, cursor: &str) -> Result<ContactPage, ServiceError> {
+    pub async fn list(
+        &self,
+        tenant_id: Uuid,
+        query: &str,
+        limit: u32,
+        cursor: &str,
+    ) -> Result<ContactPage, ServiceError> {
         let limit = match limit {
             0 => DEFAULT_PAGE_SIZE,
             1..=MAX_PAGE_SIZE => limit,
@@ -225,7 +242,8 @@ impl ContactStore {
             let escaped = query.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
             let pattern = format!("%{escaped}%");
             let like = |col: contact::Column| {
-                Expr::expr(Func::lower(Expr::col((contact::Entity, col)))).like(LikeExpr::new(pattern.clone()).escape('\\'))
+                Expr::expr(Func::lower(Expr::col((contact::Entity, col))))
+                    .like(LikeExpr::new(pattern.clone()).escape('\\'))
             };
             let mut any = Condition::any()
                 .add(like(contact::Column::Email))
@@ -280,9 +298,9 @@ impl ContactStore {
         let phone = fill("phone", &keep.phone, &other.phone);
         let mut fields = current_fields(&keep);
         for (key, value) in current_fields(&other) {
-            if !fields.contains_key(&key) {
-                taken.push(key.clone());
-                fields.insert(key, value);
+            if let std::collections::btree_map::Entry::Vacant(slot) = fields.entry(key.clone()) {
+                taken.push(key);
+                slot.insert(value);
             }
         }
         if other.restricted && !keep.restricted {
@@ -455,7 +473,12 @@ impl NewContact {
 }
 
 /// Validates a create against the policy and builds the row (no IO).
-pub(crate) fn prepare_create(policy: &FieldPolicy, tenant_id: Uuid, input: &ContactInput, source: &Source) -> Result<NewContact, ServiceError> {
+pub(crate) fn prepare_create(
+    policy: &FieldPolicy,
+    tenant_id: Uuid,
+    input: &ContactInput,
+    source: &Source,
+) -> Result<NewContact, ServiceError> {
     let valid = validate::validate_input(policy, input)?;
     let keys = valid.keys();
     validate::check_required(policy, &|k| keys.iter().any(|p| p == k))?;
@@ -487,7 +510,12 @@ pub(crate) fn prepare_create(policy: &FieldPolicy, tenant_id: Uuid, input: &Cont
 
 /// Creates one contact in its own transaction: the path for a create that could not be
 /// committed with its batch.
-pub(crate) async fn create_one(db: &Db, tenant_id: Uuid, input: &ContactInput, source: &Source) -> Result<Contact, ServiceError> {
+pub(crate) async fn create_one(
+    db: &Db,
+    tenant_id: Uuid,
+    input: &ContactInput,
+    source: &Source,
+) -> Result<Contact, ServiceError> {
     let txn = db.write.begin().await.map_err(db_err)?;
     let policy = load_policy(&txn, tenant_id).await?;
     let new = prepare_create(&policy, tenant_id, input, source)?;
@@ -509,7 +537,12 @@ pub(crate) async fn load_policy<C: ConnectionTrait>(conn: &C, tenant_id: Uuid) -
     Ok(FieldPolicy { fields, version: row.version, updated_by: row.updated_by, updated_at_opt: Some(row.updated_at) })
 }
 
-async fn find<C: ConnectionTrait>(conn: &C, tenant_id: Uuid, id: Uuid, field: &str) -> Result<contact::Model, ServiceError> {
+async fn find<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: Uuid,
+    id: Uuid,
+    field: &str,
+) -> Result<contact::Model, ServiceError> {
     contact::Entity::find()
         .filter(contact::Column::TenantId.eq(tenant_id))
         .filter(contact::Column::Id.eq(id))
@@ -642,7 +675,12 @@ fn change_row(
     }
 }
 
-async fn remove_subject<C: ConnectionTrait>(conn: &C, tenant_id: Uuid, id: Uuid, request_id: &str) -> Result<Erased, ServiceError> {
+async fn remove_subject<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: Uuid,
+    id: Uuid,
+    request_id: &str,
+) -> Result<Erased, ServiceError> {
     let changes = contact_change::Entity::delete_many()
         .filter(contact_change::Column::TenantId.eq(tenant_id))
         .filter(contact_change::Column::ContactId.eq(id))
@@ -658,13 +696,18 @@ async fn remove_subject<C: ConnectionTrait>(conn: &C, tenant_id: Uuid, id: Uuid,
         .map_err(db_err)?
         .rows_affected;
     if contacts > 0 {
-        let event = ContactErased { contact_id: id.to_string(), request_id: request_id.to_string(), merged_ids: vec![] };
+        let event =
+            ContactErased { contact_id: id.to_string(), request_id: request_id.to_string(), merged_ids: vec![] };
         outbox::enqueue(conn, tenant_id, Payload::ContactErased(event)).await.map_err(db_err)?;
     }
     Ok(Erased { contacts, contact_changes: changes })
 }
 
-async fn load_history<C: ConnectionTrait>(conn: &C, tenant_id: Uuid, id: Uuid) -> Result<Vec<ContactChange>, ServiceError> {
+async fn load_history<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> Result<Vec<ContactChange>, ServiceError> {
     let rows = contact_change::Entity::find()
         .filter(contact_change::Column::TenantId.eq(tenant_id))
         .filter(contact_change::Column::ContactId.eq(id))
@@ -677,7 +720,8 @@ async fn load_history<C: ConnectionTrait>(conn: &C, tenant_id: Uuid, id: Uuid) -
             Ok(ContactChange {
                 id: row.id,
                 kind: row.kind,
-                fields: serde_json::from_value(row.fields).map_err(|_| ServiceError::internal("stored change is unreadable"))?,
+                fields: serde_json::from_value(row.fields)
+                    .map_err(|_| ServiceError::internal("stored change is unreadable"))?,
                 actor: row.actor,
                 at: row.at,
                 reason_opt: row.reason,
@@ -723,7 +767,8 @@ fn decode_cursor(cursor: &str) -> Result<Uuid, ServiceError> {
 
 pub(crate) fn to_domain(model: contact::Model) -> Result<Contact, ServiceError> {
     let source = source_of(&model)?;
-    let fields = serde_json::from_value(model.fields).map_err(|_| ServiceError::internal("stored fields are unreadable"))?;
+    let fields =
+        serde_json::from_value(model.fields).map_err(|_| ServiceError::internal("stored fields are unreadable"))?;
     Ok(Contact {
         id: model.id,
         email: model.email,
@@ -732,7 +777,11 @@ pub(crate) fn to_domain(model: contact::Model) -> Result<Contact, ServiceError> 
         phone: model.phone,
         fields,
         source,
-        restriction: Flag { active: model.restricted, reason_opt: model.restriction_reason, since_opt: model.restricted_at },
+        restriction: Flag {
+            active: model.restricted,
+            reason_opt: model.restriction_reason,
+            since_opt: model.restricted_at,
+        },
         objection: Flag { active: model.objected, reason_opt: model.objection_reason, since_opt: model.objected_at },
         version: model.version,
         created_at: model.created_at,

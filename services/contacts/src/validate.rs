@@ -205,21 +205,27 @@ pub fn validate_policy(fields: &[FieldDefinition]) -> Result<(), ServiceError> {
     for (i, def) in fields.iter().enumerate() {
         let at = |name: &str| format!("fields[{i}].{name}");
         if !is_identifier(&def.key) {
-            return Err(ServiceError::invalid_field(at("key"), "must be lower-case letters, digits and _, starting with a letter (at most 63)"));
+            return Err(ServiceError::invalid_field(
+                at("key"),
+                "must be lower-case letters, digits and _, starting with a letter (at most 63)",
+            ));
         }
         if !seen.insert(def.key.as_str()) {
             return Err(ServiceError::invalid_field(at("key"), format!("`{}` is listed twice", def.key)));
         }
-        if let Some((_, builtin_type)) = BUILTIN_FIELDS.iter().find(|(k, _)| *k == def.key) {
-            if def.field_type != *builtin_type {
-                return Err(ServiceError::invalid_field(
-                    at("type"),
-                    format!("built-in field `{}` must have type {}", def.key, builtin_type.as_str()),
-                ));
-            }
+        if let Some((_, builtin_type)) = BUILTIN_FIELDS.iter().find(|(k, _)| *k == def.key)
+            && def.field_type != *builtin_type
+        {
+            return Err(ServiceError::invalid_field(
+                at("type"),
+                format!("built-in field `{}` must have type {}", def.key, builtin_type.as_str()),
+            ));
         }
         if !is_identifier(&def.category) {
-            return Err(ServiceError::invalid_field(at("category"), "is required: a data category such as contact, identity or professional"));
+            return Err(ServiceError::invalid_field(
+                at("category"),
+                "is required: a data category such as contact, identity or professional",
+            ));
         }
         match def.field_type {
             FieldType::Enum if def.enum_values.is_empty() => {
@@ -228,7 +234,10 @@ pub fn validate_policy(fields: &[FieldDefinition]) -> Result<(), ServiceError> {
             FieldType::Enum => {
                 let mut values = HashSet::new();
                 if def.enum_values.iter().any(|v| v.trim().is_empty() || v.trim() != v || !values.insert(v)) {
-                    return Err(ServiceError::invalid_field(at("enum_values"), "must be distinct, non-empty and trimmed"));
+                    return Err(ServiceError::invalid_field(
+                        at("enum_values"),
+                        "must be distinct, non-empty and trimmed",
+                    ));
                 }
             }
             _ if !def.enum_values.is_empty() => {
@@ -263,7 +272,17 @@ mod tests {
 
     #[test]
     fn test_normalize_email_refuses_malformed() {
-        for bad in ["", "plain", "a@b", "@example.org", "a@@example.org", "a b@example.org", "a@-x.org", "a..b@example.org", "a@example.1"] {
+        for bad in [
+            "",
+            "plain",
+            "a@b",
+            "@example.org",
+            "a@@example.org",
+            "a b@example.org",
+            "a@-x.org",
+            "a..b@example.org",
+            "a@example.1",
+        ] {
             assert!(normalize_email(bad).is_err(), "{bad} accepted");
         }
     }
@@ -277,7 +296,9 @@ mod tests {
 
     #[test]
     fn test_normalize_phone_refuses_malformed() {
-        for bad in ["", "06 12 34 56 78", "+33 6 12 AB 56 78", "+1234", "+1234567890123456", "+0612345678", "++33612345678"] {
+        for bad in
+            ["", "06 12 34 56 78", "+33 6 12 AB 56 78", "+1234", "+1234567890123456", "+0612345678", "++33612345678"]
+        {
             assert!(normalize_phone(bad).is_err(), "{bad} accepted");
         }
     }
@@ -305,7 +326,12 @@ mod tests {
         let mut policy = FieldPolicy::default_policy();
         let mut tier = def("tier", FieldType::Enum);
         tier.enum_values = vec!["gold".into(), "silver".into()];
-        policy.fields.extend([def("birthday", FieldType::Date), def("score", FieldType::Number), tier, def("vip", FieldType::Boolean)]);
+        policy.fields.extend([
+            def("birthday", FieldType::Date),
+            def("score", FieldType::Number),
+            tier,
+            def("vip", FieldType::Boolean),
+        ]);
         let ok = |k: &str, v: FieldValue| {
             let mut input = ContactInput::default();
             input.fields.insert(k.into(), v);
