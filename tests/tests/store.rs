@@ -17,15 +17,17 @@ use carnet_migrations::MigratorTrait;
 struct Fixture {
     store: ContactStore,
     db: Db,
+    url: String,
     /// Kept alive by the test macro: the test body's async block captures only the fields it uses.
     dir_opt: Option<std::sync::Arc<tempfile::TempDir>>,
 }
 
 async fn sqlite() -> Option<Fixture> {
     let dir = tempfile::tempdir().unwrap();
-    let db = db::connect(&db::sqlite_url(&dir.path().join("contacts.db")), 4).await.unwrap();
+    let url = db::sqlite_url(&dir.path().join("contacts.db"));
+    let db = db::connect(&url, 4).await.unwrap();
     carnet_migrations::contacts::Migrator::up(&db.write, None).await.unwrap();
-    Some(Fixture { store: ContactStore::new(db.clone()), db, dir_opt: Some(std::sync::Arc::new(dir)) })
+    Some(Fixture { store: ContactStore::new(db.clone()), db, url, dir_opt: Some(std::sync::Arc::new(dir)) })
 }
 
 async fn postgres() -> Option<Fixture> {
@@ -33,7 +35,7 @@ async fn postgres() -> Option<Fixture> {
     let url = carnet_tests::postgres::fresh_database(&server).await;
     let db = db::connect(&url, 4).await.unwrap();
     carnet_migrations::contacts::Migrator::up(&db.write, None).await.unwrap();
-    Some(Fixture { store: ContactStore::new(db.clone()), db, dir_opt: None })
+    Some(Fixture { store: ContactStore::new(db.clone()), db, url, dir_opt: None })
 }
 
 /// Generates `<name>::sqlite` and `<name>::postgres` from one async test body.
@@ -458,18 +460,17 @@ store_test!(concurrent_creates_commit_together_and_fail_alone, |f: Fixture| asyn
     }
 });
 
-/// Two writers on one PostgreSQL database (two replicas of the service) racing on the same
-/// addresses: the unique index decides, the losing batch is retried create by create, and each
-/// address ends up held once with every loser told who holds it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_writers_on_postgres_keep_one_person_once() {
-    let Some(f) = postgres().await else { return };
-    let other_replica = ContactStore::new(f.db.clone());
+// Two writers on one database (two replicas on PostgreSQL, or `carnet up` and a CLI command on
+// one SQLite file) racing on the same addresses: each address ends up held once, and every
+// loser is told who holds it. On PostgreSQL the losing batch is retried create by create; on
+// SQLite the second writer waits for the write lock.
+store_test!(racing_writers_keep_one_person_once, |f: Fixture| async move {
+    let other_process = ContactStore::new(db::connect(&f.url, 4).await.unwrap());
     let tenant = Uuid::now_v7();
     for round in 0..5 {
         let emails: Vec<String> = (0..10).map(|i| format!("r{round}-{i}@example.org")).collect();
         let a = emails.iter().map(|e| f.store.create(tenant, person(e), source()));
-        let b = emails.iter().map(|e| other_replica.create(tenant, person(e), source()));
+        let b = emails.iter().map(|e| other_process.create(tenant, person(e), source()));
         let (ra, rb) = futures::future::join(futures::future::join_all(a), futures::future::join_all(b)).await;
         for (x, y) in ra.iter().zip(&rb) {
             let (winner, loser) = match (x, y) {
@@ -482,4 +483,4 @@ async fn racing_writers_on_postgres_keep_one_person_once() {
     }
     assert_eq!(rows(&f, "contacts").await, 50);
     assert_eq!(rows(&f, "outbox").await, 50);
-}
+});

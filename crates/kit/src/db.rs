@@ -7,7 +7,10 @@
 
 use std::time::Duration;
 
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
+};
 
 /// A service's database handles.
 #[derive(Clone, Debug)]
@@ -19,6 +22,18 @@ pub struct Db {
 impl Db {
     pub fn backend(&self) -> DbBackend {
         self.write.get_database_backend()
+    }
+
+    /// Begins a write transaction. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`), so a transaction that reads before it writes waits for another process's
+    /// writer instead of failing when it upgrades.
+    pub async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
+        let options = TransactionOptions {
+            isolation_level: None,
+            access_mode: None,
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        };
+        self.write.begin_with_options(options).await
     }
 
     /// Closes both pools.

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect, SqlErr, TransactionTrait};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect, SqlErr};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -73,7 +73,7 @@ enum Outcome {
 }
 
 async fn commit_batch(db: &Db, jobs: Vec<Job>) {
-    let txn = match db.write.begin().await {
+    let txn = match db.begin_write().await {
         Ok(txn) => txn,
         Err(err) => return fail_all(jobs, db_err(err)),
     };

@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel,
-    QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, SqlErr,
 };
 use uuid::Uuid;
 
@@ -67,7 +67,7 @@ impl ContactStore {
         fields: Vec<FieldDefinition>,
     ) -> Result<FieldPolicy, ServiceError> {
         validate::validate_policy(&fields)?;
-        let txn = self.db.write.begin().await.map_err(db_err)?;
+        let txn = self.db.begin_write().await.map_err(db_err)?;
         let current = load_policy(&txn, tenant_id).await?;
         let now = carnet_kit::db::now();
         let json = serde_json::to_value(&fields).map_err(|_| ServiceError::internal("policy serialisation"))?;
@@ -114,7 +114,7 @@ impl ContactStore {
         actor: &str,
         patch: ContactPatch,
     ) -> Result<Contact, ServiceError> {
-        let txn = self.db.write.begin().await.map_err(db_err)?;
+        let txn = self.db.begin_write().await.map_err(db_err)?;
         let policy = load_policy(&txn, tenant_id).await?;
         let current = find(&txn, tenant_id, id, "id").await?;
         if let Some(expected) = patch.expected_version_opt
@@ -199,7 +199,7 @@ impl ContactStore {
 
     /// Deletes a contact and its history.
     pub async fn delete(&self, tenant_id: Uuid, id: Uuid) -> Result<(), ServiceError> {
-        let txn = self.db.write.begin().await.map_err(db_err)?;
+        let txn = self.db.begin_write().await.map_err(db_err)?;
         find(&txn, tenant_id, id, "id").await?;
         remove_subject(&txn, tenant_id, id, "").await?;
         txn.commit().await.map_err(db_err)?;
@@ -209,7 +209,7 @@ impl ContactStore {
     /// Erases everything the service holds about a subject (Art. 17). Idempotent: erasing an
     /// absent subject removes nothing and succeeds, so the DSAR orchestrator can retry.
     pub async fn erase_subject(&self, tenant_id: Uuid, id: Uuid, request_id: &str) -> Result<Erased, ServiceError> {
-        let txn = self.db.write.begin().await.map_err(db_err)?;
+        let txn = self.db.begin_write().await.map_err(db_err)?;
         let erased = remove_subject(&txn, tenant_id, id, request_id).await?;
         txn.commit().await.map_err(db_err)?;
         Ok(erased)
@@ -278,7 +278,7 @@ impl ContactStore {
         if id == other_id {
             return Err(ServiceError::invalid_field("other_id", "must differ from id"));
         }
-        let txn = self.db.write.begin().await.map_err(db_err)?;
+        let txn = self.db.begin_write().await.map_err(db_err)?;
         let keep = find(&txn, tenant_id, id, "id").await?;
         let other = find(&txn, tenant_id, other_id, "other_id").await?;
         let other_source = source_of(&other)?;
@@ -358,7 +358,7 @@ impl ContactStore {
         if reason_opt.as_ref().is_some_and(|r| r.chars().count() > validate::MAX_TEXT_CHARS) {
             return Err(ServiceError::invalid_field("reason", "is longer than 1000 characters"));
         }
-        let txn = self.db.write.begin().await.map_err(db_err)?;
+        let txn = self.db.begin_write().await.map_err(db_err)?;
         let current = find(&txn, tenant_id, id, "id").await?;
         let is_active = match kind {
             FlagKind::Restriction => current.restricted,
@@ -516,7 +516,7 @@ pub(crate) async fn create_one(
     input: &ContactInput,
     source: &Source,
 ) -> Result<Contact, ServiceError> {
-    let txn = db.write.begin().await.map_err(db_err)?;
+    let txn = db.begin_write().await.map_err(db_err)?;
     let policy = load_policy(&txn, tenant_id).await?;
     let new = prepare_create(&policy, tenant_id, input, source)?;
     check_unique(&txn, tenant_id, None, new.model.email.as_deref(), new.model.phone.as_deref()).await?;
