@@ -5,5 +5,6 @@
 //! `carnet migrate` runs them; `carnet up` runs them at start.
 
 pub mod contacts;
+pub mod gateway;
 
 pub use sea_orm_migration::MigratorTrait;

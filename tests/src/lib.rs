@@ -2,6 +2,7 @@
 //! (SQLite in a temporary data dir) or split mode (a fresh PostgreSQL database), and hands out
 //! gRPC clients that sign a caller context like the gateway does.
 
+pub mod http;
 pub mod postgres;
 
 use std::path::Path;
@@ -12,6 +13,8 @@ use uuid::Uuid;
 
 use carnet_cli::node::{self, Mode, Node};
 use carnet_cli::{CarnetConfig, Target};
+use carnet_gateway::keys::KeyStore;
+use carnet_gateway::roles::Role;
 use carnet_kit::{Caller, CallerSigner, MeshKey, Permission};
 use carnet_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
 
@@ -44,18 +47,30 @@ impl Sandbox {
     /// Starts every target on `backend`: SQLite runs as `carnet up` does, PostgreSQL as
     /// `carnet migrate` then `carnet serve` do (split mode, mesh key from config).
     pub async fn start(backend: Backend) -> Sandbox {
+        Sandbox::start_with(backend, &[]).await
+    }
+
+    /// Like [`Sandbox::start`], with extra configuration overrides (`("gateway.rate_limit_burst", "2")`).
+    pub async fn start_with(backend: Backend, extra: &[(&'static str, String)]) -> Sandbox {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut overrides =
-            vec![("node.data_dir", dir.path().display().to_string()), ("grpc.listen_addr", "127.0.0.1:0".to_string())];
+        let mut overrides = vec![
+            ("node.data_dir", dir.path().display().to_string()),
+            ("grpc.listen_addr", "127.0.0.1:0".to_string()),
+            ("gateway.listen_addr", "127.0.0.1:0".to_string()),
+            // Tests run many calls per key; the limit has a test of its own.
+            ("gateway.rate_limit_per_second", "0".to_string()),
+        ];
         let mode = match &backend {
             Backend::Sqlite => Mode::Monolith,
             Backend::Postgres(server) => {
                 let url = postgres::fresh_database(server).await;
                 overrides.push(("contacts.database_url", url));
+                overrides.push(("gateway.database_url", postgres::fresh_database(server).await));
                 overrides.push(("mesh.signing_key", MeshKey::generate().to_hex()));
                 Mode::Split
             }
         };
+        overrides.extend(extra.iter().cloned());
         let config = CarnetConfig::load(None, &overrides).expect("sandbox config");
         if mode == Mode::Split {
             for target in Target::ALL {
@@ -69,6 +84,26 @@ impl Sandbox {
             .await
             .expect("connect to sandbox");
         Sandbox { node, config, mode, _dir: dir, channel }
+    }
+
+    /// An HTTP client of the gateway.
+    pub fn http(&self) -> http::Http {
+        http::Http::new(self.node.http_addr_opt.expect("the sandbox runs the gateway"))
+    }
+
+    /// The gateway's key store, as `carnet tenant create` and `carnet apikey create` use it.
+    pub async fn key_store(&self) -> KeyStore {
+        KeyStore::new(node::open_database(&self.config, Target::Gateway, false).await.expect("gateway database"))
+    }
+
+    /// Creates a tenant; returns its id and its owner key.
+    pub async fn tenant(&self, name: &str) -> (Uuid, String) {
+        self.key_store().await.create_tenant(name, "test").await.expect("tenant created")
+    }
+
+    /// Creates a key of `role` for `tenant_id`.
+    pub async fn key(&self, tenant_id: Uuid, role: Role) -> String {
+        self.key_store().await.create_key(tenant_id, role, "test", "test").await.expect("key created").1
     }
 
     pub fn data_dir(&self) -> &Path {

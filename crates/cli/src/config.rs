@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use carnet_contacts::ContactsConfig;
+use carnet_gateway::GatewayConfig;
 use carnet_kit::config::{ConfigError, GrpcConfig, MeshConfig, NodeConfig, Validate};
 use carnet_kit::telemetry::TelemetryConfig;
 
@@ -20,6 +21,7 @@ pub struct CarnetConfig {
     pub telemetry: TelemetryConfig,
     pub mesh: MeshConfig,
     pub contacts: ContactsConfig,
+    pub gateway: GatewayConfig,
 }
 
 impl Validate for CarnetConfig {
@@ -27,6 +29,7 @@ impl Validate for CarnetConfig {
         self.grpc.validate()?;
         self.telemetry.validate()?;
         self.contacts.validate()?;
+        self.gateway.validate()?;
         if self.node.data_dir.trim().is_empty() {
             return Err(ConfigError("node.data_dir must not be empty".into()));
         }

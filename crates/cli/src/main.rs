@@ -28,6 +28,9 @@ enum Command {
         /// The gRPC listen address.
         #[arg(long, value_name = "HOST:PORT")]
         grpc_addr: Option<String>,
+        /// The HTTP (REST gateway) listen address.
+        #[arg(long, value_name = "HOST:PORT")]
+        http_addr: Option<String>,
     },
     /// Runs the named targets (split mode).
     Serve {
@@ -41,10 +44,45 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<String>,
     },
+    /// Tenant commands.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// API key commands.
+    Apikey {
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
     /// Configuration commands.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TenantCommand {
+    /// Creates a tenant and prints `{"tenant_id", "api_key"}`; the key has the owner role.
+    Create {
+        name: String,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ApikeyCommand {
+    /// Creates an API key for a tenant and prints `{"api_key"}`; the key is shown once.
+    Create {
+        #[arg(long, value_name = "TENANT_ID")]
+        tenant: String,
+        #[arg(long, value_name = "ROLE")]
+        role: carnet_gateway::roles::Role,
+        #[arg(long, default_value = "")]
+        label: String,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<String>,
     },
 }
 
@@ -75,7 +113,7 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config_path = cli.config.as_deref();
     match cli.command {
-        Command::Up { data_dir, grpc_addr } => {
+        Command::Up { data_dir, grpc_addr, http_addr } => {
             let mut overrides = Vec::new();
             if let Some(dir) = data_dir {
                 overrides.push(("node.data_dir", dir));
@@ -83,11 +121,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(addr) = grpc_addr {
                 overrides.push(("grpc.listen_addr", addr));
             }
+            if let Some(addr) = http_addr {
+                overrides.push(("gateway.listen_addr", addr));
+            }
             let cfg = CarnetConfig::load(config_path, &overrides)?;
             let _telemetry = carnet_kit::telemetry::init(&cfg.telemetry)?;
             let node = node::start(&cfg, Mode::Monolith, &Target::ALL).await?;
             eprintln!(
-                "carnet is up: gRPC on {} (targets: {}), data in {}",
+                "carnet is up: HTTP on {} gRPC on {} (targets: {}), data in {}",
+                node.http_addr_opt.map_or("-".to_string(), |a| a.to_string()),
                 node.grpc_addr,
                 target_list(&node.targets),
                 cfg.data_dir().display()
@@ -98,7 +140,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = CarnetConfig::load(config_path, &[])?;
             let _telemetry = carnet_kit::telemetry::init(&cfg.telemetry)?;
             let node = node::start(&cfg, Mode::Split, &targets).await?;
-            eprintln!("carnet is serving: gRPC on {} (targets: {})", node.grpc_addr, target_list(&node.targets));
+            eprintln!(
+                "carnet is serving: HTTP on {} gRPC on {} (targets: {})",
+                node.http_addr_opt.map_or("-".to_string(), |a| a.to_string()),
+                node.grpc_addr,
+                target_list(&node.targets)
+            );
             node.run_until(shutdown_signal()).await
         }
         Command::Migrate { targets, data_dir } => {
@@ -112,12 +159,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Tenant { command: TenantCommand::Create { name, data_dir } } => {
+            let keys = key_store(config_path, data_dir).await?;
+            let (tenant_id, api_key) =
+                keys.create_tenant(&name, "cli").await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            println!("{}", serde_json::json!({"tenant_id": tenant_id, "api_key": api_key}));
+            Ok(())
+        }
+        Command::Apikey { command: ApikeyCommand::Create { tenant, role, label, data_dir } } => {
+            let tenant_id =
+                uuid::Uuid::parse_str(&tenant).map_err(|_| anyhow::anyhow!("--tenant: is not a tenant id"))?;
+            let keys = key_store(config_path, data_dir).await?;
+            let (key_id, api_key) =
+                keys.create_key(tenant_id, role, &label, "cli").await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            println!("{}", serde_json::json!({"api_key": api_key, "id": key_id, "role": role.as_str()}));
+            Ok(())
+        }
         Command::Config { command: ConfigCommand::Show } => {
             let cfg = CarnetConfig::load(config_path, &[])?;
             print!("{}", carnet_kit::config::redacted_toml(&cfg));
             Ok(())
         }
     }
+}
+
+/// Opens the gateway's tenants-and-keys database (migrating a local SQLite one).
+async fn key_store(
+    config_path: Option<&std::path::Path>,
+    data_dir: Option<String>,
+) -> anyhow::Result<carnet_gateway::keys::KeyStore> {
+    let overrides: Vec<(&str, String)> = data_dir.into_iter().map(|d| ("node.data_dir", d)).collect();
+    let cfg = CarnetConfig::load(config_path, &overrides)?;
+    let local = cfg.gateway.database_url.is_empty();
+    let db = node::open_database(&cfg, Target::Gateway, local).await?;
+    Ok(carnet_gateway::keys::KeyStore::new(db))
 }
 
 fn target_list(targets: &[Target]) -> String {

@@ -30,11 +30,14 @@ pub enum Mode {
 /// A running node.
 pub struct Node {
     pub grpc_addr: SocketAddr,
+    /// The REST gateway's address, when this node runs the gateway target.
+    pub http_addr_opt: Option<SocketAddr>,
     pub mesh_key: MeshKey,
     pub targets: Vec<Target>,
     shutdown_tx_opt: Option<oneshot::Sender<()>>,
     shutdown_grace: Duration,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    http_opt: Option<(oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)>,
     dbs: Vec<Db>,
 }
 
@@ -42,6 +45,13 @@ impl Node {
     /// Stops accepting calls, lets running calls finish for up to the grace period (idle
     /// client connections do not hold it open longer), and closes the databases.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        // The gateway first, so no new call enters the services while they drain.
+        if let Some((tx, mut task)) = self.http_opt.take() {
+            let _ = tx.send(());
+            if tokio::time::timeout(self.shutdown_grace, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
         if let Some(tx) = self.shutdown_tx_opt.take() {
             let _ = tx.send(());
         }
@@ -110,6 +120,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 pub fn database_url(cfg: &CarnetConfig, target: Target) -> anyhow::Result<(String, u32)> {
     let (url, max) = match target {
         Target::Contacts => (&cfg.contacts.database_url, cfg.contacts.max_connections),
+        Target::Gateway => (&cfg.gateway.database_url, cfg.gateway.max_connections),
     };
     if !url.is_empty() {
         return Ok((url.clone(), max));
@@ -124,6 +135,7 @@ pub async fn open_database(cfg: &CarnetConfig, target: Target, apply: bool) -> a
     let db = db::connect(&url, max).await.with_context(|| format!("failed to connect to the {target} database"))?;
     match target {
         Target::Contacts => migrate::<carnet_migrations::contacts::Migrator>(&db, target, apply).await?,
+        Target::Gateway => migrate::<carnet_migrations::gateway::Migrator>(&db, target, apply).await?,
     }
     Ok(db)
 }
@@ -141,6 +153,51 @@ async fn migrate<M: MigratorTrait>(db: &Db, target: Target, apply: bool) -> anyh
         );
     }
     Ok(())
+}
+
+/// Starts the REST gateway; returns its address, its shutdown trigger and its task.
+async fn start_gateway(
+    cfg: &CarnetConfig,
+    runs_contacts: bool,
+    grpc_addr: SocketAddr,
+    mesh_key: MeshKey,
+    db: Db,
+) -> anyhow::Result<(SocketAddr, oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)> {
+    let endpoint = if cfg.gateway.contacts_endpoint.is_empty() {
+        if !runs_contacts {
+            bail!("gateway.contacts_endpoint is required when the gateway runs without the contacts target");
+        }
+        format!("http://{grpc_addr}")
+    } else {
+        cfg.gateway.contacts_endpoint.clone()
+    };
+    let channel = tonic::transport::Channel::from_shared(endpoint)
+        .context("gateway.contacts_endpoint is not a valid URL")?
+        .tcp_nodelay(true)
+        .connect_lazy();
+    let jwt_opt = carnet_gateway::jwt::JwtVerifier::from_config(&cfg.gateway.oidc)
+        .await
+        .context("failed to load the OIDC keys")?;
+    let state = carnet_gateway::AppState::new(
+        cfg.gateway.clone(),
+        carnet_gateway::keys::KeyStore::new(db),
+        jwt_opt,
+        mesh_key,
+        channel,
+    );
+    let addr: SocketAddr = cfg.gateway.listen_addr.parse().context("gateway.listen_addr")?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("failed to bind {addr}"))?;
+    let http_addr = listener.local_addr()?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let app = carnet_gateway::router(state);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Ok((http_addr, tx, task))
 }
 
 /// Returns the span of one incoming call, named and attributed after the OpenTelemetry RPC
@@ -177,6 +234,7 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
         .trace_fn(|request| grpc_span(request.uri().path()));
     let mut router = server.add_service(health_service).add_service(reflection);
     let mut dbs = Vec::new();
+    let mut gateway_db_opt = None;
     let mut sorted = targets.to_vec();
     sorted.sort();
     sorted.dedup();
@@ -192,6 +250,7 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
                     .set_service_status("carnet.contacts.v1.ContactsService", tonic_health::ServingStatus::Serving)
                     .await;
             }
+            Target::Gateway => gateway_db_opt = Some(db.clone()),
         }
         dbs.push(db);
     }
@@ -203,7 +262,24 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = shutdown_rx.await;
     }));
-    tracing::info!(%grpc_addr, targets = ?sorted, ?mode, "carnet node started");
+    let http_opt = match gateway_db_opt {
+        Some(db) => {
+            Some(start_gateway(cfg, sorted.contains(&Target::Contacts), grpc_addr, mesh_key.clone(), db).await?)
+        }
+        None => None,
+    };
+    let http_addr_opt = http_opt.as_ref().map(|(addr, _, _)| *addr);
+    tracing::info!(%grpc_addr, ?http_addr_opt, targets = ?sorted, ?mode, "carnet node started");
     let shutdown_grace = Duration::from_millis(cfg.grpc.shutdown_grace_ms);
-    Ok(Node { grpc_addr, mesh_key, targets: sorted, shutdown_tx_opt: Some(shutdown_tx), shutdown_grace, server, dbs })
+    Ok(Node {
+        grpc_addr,
+        http_addr_opt,
+        mesh_key,
+        targets: sorted,
+        shutdown_tx_opt: Some(shutdown_tx),
+        shutdown_grace,
+        server,
+        http_opt: http_opt.map(|(_, tx, task)| (tx, task)),
+        dbs,
+    })
 }

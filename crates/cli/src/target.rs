@@ -7,14 +7,16 @@ use std::str::FromStr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {
     Contacts,
+    Gateway,
 }
 
 impl Target {
-    pub const ALL: [Target; 1] = [Target::Contacts];
+    pub const ALL: [Target; 2] = [Target::Contacts, Target::Gateway];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Target::Contacts => "contacts",
+            Target::Gateway => "gateway",
         }
     }
 }

@@ -108,6 +108,9 @@ pub struct Caller {
     /// Unix seconds after which the signed context is refused.
     #[serde(rename = "exp", default)]
     pub expires_at: i64,
+    /// The id of the request at the edge (the gateway's `x-request-id`), for correlation.
+    #[serde(rename = "rid", default, skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
 }
 
 impl Caller {
@@ -116,7 +119,13 @@ impl Caller {
         principal: impl Into<String>,
         permissions: impl IntoIterator<Item = Permission>,
     ) -> Self {
-        Caller { tenant_id, principal: principal.into(), permissions: permissions.into_iter().collect(), expires_at: 0 }
+        Caller {
+            tenant_id,
+            principal: principal.into(),
+            permissions: permissions.into_iter().collect(),
+            expires_at: 0,
+            request_id: String::new(),
+        }
     }
 
     /// Returns a caller holding every permission (for service-to-service calls and tests).

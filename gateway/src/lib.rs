@@ -1,0 +1,203 @@
+//! carnet-gateway: the only way users, scripts and web pages reach Carnet.
+//!
+//! REST/JSON over the services' gRPC APIs, authenticated by API keys or OIDC bearer JWTs,
+//! authorised by role, and forwarded into the mesh with the caller signed into the gRPC
+//! metadata (every service verifies it and checks the permission again). Errors are
+//! `application/problem+json` with the shared error codes; `GET /openapi.json` is generated from
+//! the handlers.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod jwt;
+pub mod keys;
+pub mod openapi;
+pub mod roles;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::{Deserialize, Serialize};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use carnet_kit::config::{ConfigError, Validate};
+use carnet_kit::{CallerSigner, ErrorCode, MeshKey};
+use carnet_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
+
+use crate::auth::{Auth, RateLimiter, RequestId};
+use crate::error::ApiError;
+use crate::extract::BodyLimit;
+use crate::keys::KeyStore;
+
+/// The `[gateway]` configuration section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// HTTP listener.
+    pub listen_addr: String,
+    /// Tenants and keys: `postgres://…` or `sqlite://…`; empty means `gateway.db` in the data dir.
+    pub database_url: String,
+    pub max_connections: u32,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Deadline of one HTTP request, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Sustained requests per second per key or token subject; 0 turns the limit off.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    /// The contacts service; empty in monolith mode (this process's own gRPC address).
+    pub contacts_endpoint: String,
+    pub oidc: jwt::OidcConfig,
+}
+
+impl Validate for GatewayConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr
+            .parse::<SocketAddr>()
+            .map_err(|_| ConfigError(format!("gateway.listen_addr `{}` is not HOST:PORT", self.listen_addr)))?;
+        if self.max_body_bytes == 0 || self.request_timeout_ms == 0 {
+            return Err(ConfigError("gateway.max_body_bytes and gateway.request_timeout_ms must be positive".into()));
+        }
+        if !self.contacts_endpoint.is_empty() && !self.contacts_endpoint.starts_with("http") {
+            return Err(ConfigError("gateway.contacts_endpoint must be an http:// or https:// URL".into()));
+        }
+        self.oidc.validate().map_err(ConfigError)
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<GatewayConfig>,
+    pub keys: KeyStore,
+    pub jwt_opt: Option<jwt::JwtVerifier>,
+    pub limiter: Arc<RateLimiter>,
+    mesh_key: MeshKey,
+    contacts: Channel,
+}
+
+impl AppState {
+    pub fn new(
+        config: GatewayConfig,
+        keys: KeyStore,
+        jwt_opt: Option<jwt::JwtVerifier>,
+        mesh_key: MeshKey,
+        contacts: Channel,
+    ) -> Self {
+        let limiter = Arc::new(RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst));
+        AppState { config: Arc::new(config), keys, jwt_opt, limiter, mesh_key, contacts }
+    }
+
+    /// A contacts client signing `auth`'s caller into every call.
+    pub fn contacts(&self, auth: &Auth) -> ContactsServiceClient<InterceptedService<Channel, CallerSigner>> {
+        ContactsServiceClient::with_interceptor(
+            self.contacts.clone(),
+            CallerSigner::new(self.mesh_key.clone(), auth.0.clone()),
+        )
+    }
+}
+
+/// Builds the HTTP router.
+pub fn router(state: AppState) -> Router {
+    use routes::{contacts, keys};
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi::serve))
+        .route("/v1/field-policy", get(contacts::get_field_policy).put(contacts::put_field_policy))
+        .route("/v1/contacts", post(contacts::create_contact).get(contacts::list_contacts))
+        .route(
+            "/v1/contacts/{id}",
+            get(contacts::get_contact).patch(contacts::update_contact).delete(contacts::delete_contact),
+        )
+        .route("/v1/contacts/{id}/merge", post(contacts::merge_contacts))
+        .route("/v1/contacts/{id}/restriction", put(contacts::put_restriction))
+        .route("/v1/contacts/{id}/objection", put(contacts::put_objection))
+        .route("/v1/contacts/{id}/history", get(contacts::get_history))
+        .route("/v1/contacts/{id}/export", get(contacts::export_contact))
+        .route("/v1/api-keys", post(keys::create_key).get(keys::list_keys))
+        .route("/v1/api-keys/{id}", axum::routing::delete(keys::revoke_key))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), edge))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route")
+}
+
+async fn method_not_allowed() -> Response {
+    let mut response = ApiError::invalid_field("method", "is not allowed on this route").into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready when the keys database and the contacts service answer.
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    use sea_orm::ConnectionTrait as _;
+    let unavailable = |what: &str| ApiError::new(ErrorCode::Unavailable, format!("{what} is not ready"));
+    state.keys.db().read.execute_unprepared("SELECT 1").await.map_err(|_| unavailable("gateway database"))?;
+    let mut health = tonic_health_client(state.contacts.clone());
+    let req = tonic_health::pb::HealthCheckRequest { service: "carnet.contacts.v1.ContactsService".into() };
+    match health.check(req).await {
+        Ok(r) if r.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 => {
+            Ok("ready")
+        }
+        _ => Err(unavailable("contacts service")),
+    }
+}
+
+fn tonic_health_client(channel: Channel) -> tonic_health::pb::health_client::HealthClient<Channel> {
+    tonic_health::pb::health_client::HealthClient::new(channel)
+}
+
+/// Runs around every request: request id, body limit, deadline and the request span.
+async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+    request.extensions_mut().insert(RequestId(request_id.clone()));
+    request.extensions_mut().insert(BodyLimit(state.config.max_body_bytes));
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().as_str().to_string();
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        request_id = %request_id,
+    );
+    let deadline = Duration::from_millis(state.config.request_timeout_ms);
+    let run = tracing::Instrument::instrument(next.run(request), span.clone());
+    let mut response = match tokio::time::timeout(deadline, run).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(ErrorCode::DeadlineExceeded, "request timed out").into_response(),
+    };
+    span.record("http.response.status_code", response.status().as_u16());
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}

@@ -1,0 +1,57 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations and the body types.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::error::Problem;
+use crate::routes::{contacts, keys};
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key (`carnet_…`) or an OIDC JWT"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Carnet API", version = "1", description = "The GDPR-first CRM platform. Errors are application/problem+json with a stable `code`."),
+    paths(
+        contacts::get_field_policy,
+        contacts::put_field_policy,
+        contacts::create_contact,
+        contacts::list_contacts,
+        contacts::get_contact,
+        contacts::update_contact,
+        contacts::delete_contact,
+        contacts::merge_contacts,
+        contacts::put_restriction,
+        contacts::put_objection,
+        contacts::get_history,
+        contacts::export_contact,
+        keys::create_key,
+        keys::list_keys,
+        keys::revoke_key,
+    ),
+    components(schemas(Problem)),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags((name = "contacts", description = "Contacts, field policy, restriction, objection, export"), (name = "keys", description = "API keys of the caller's tenant"))
+)]
+pub struct ApiDoc;
+
+/// Serves `GET /openapi.json`.
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

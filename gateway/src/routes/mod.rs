@@ -1,0 +1,4 @@
+//! The REST routes, one module per service they front.
+
+pub mod contacts;
+pub mod keys;

@@ -1,0 +1,381 @@
+//! The REST gateway end to end, over real HTTP against a node running every target: the role
+//! matrix, tenant isolation, bad input at the edge, credentials (API keys and OIDC JWTs), rate
+//! limiting and the OpenAPI document.
+
+use carnet_gateway::roles::Role;
+use carnet_kit::Permission;
+use carnet_tests::http::{Answer, Http};
+use carnet_tests::{Backend, Sandbox};
+use serde_json::{Value, json};
+
+fn contact_body(email: &str) -> Value {
+    json!({"email": email, "first_name": "Ada", "source": {"channel": "api", "detail": "test-suite"}})
+}
+
+async fn create(http: &Http, key: &str, email: &str) -> String {
+    let a = http.json("POST", "/v1/contacts", Some(key), Some(contact_body(email))).await;
+    assert_eq!(a.status, 201, "{:?}", a.json);
+    a.json["id"].as_str().unwrap().to_string()
+}
+
+async fn count(http: &Http, key: &str) -> usize {
+    let a = http.json("GET", "/v1/contacts?limit=500", Some(key), None).await;
+    assert_eq!(a.status, 200, "{:?}", a.json);
+    a.json["contacts"].as_array().unwrap().len()
+}
+
+/// One endpoint of the matrix: how to call it and the permission it needs.
+struct Endpoint {
+    method: &'static str,
+    path: &'static str,
+    permission: Permission,
+    ok: u16,
+}
+
+const ENDPOINTS: &[Endpoint] = &[
+    Endpoint { method: "GET", path: "/v1/field-policy", permission: Permission::ContactsRead, ok: 200 },
+    Endpoint { method: "PUT", path: "/v1/field-policy", permission: Permission::PolicyManage, ok: 200 },
+    Endpoint { method: "POST", path: "/v1/contacts", permission: Permission::ContactsWrite, ok: 201 },
+    Endpoint { method: "GET", path: "/v1/contacts", permission: Permission::ContactsRead, ok: 200 },
+    Endpoint { method: "GET", path: "/v1/contacts/{id}", permission: Permission::ContactsRead, ok: 200 },
+    Endpoint { method: "PATCH", path: "/v1/contacts/{id}", permission: Permission::ContactsWrite, ok: 200 },
+    Endpoint { method: "DELETE", path: "/v1/contacts/{id}", permission: Permission::ContactsDelete, ok: 204 },
+    Endpoint { method: "POST", path: "/v1/contacts/{id}/merge", permission: Permission::ContactsWrite, ok: 200 },
+    Endpoint { method: "PUT", path: "/v1/contacts/{id}/restriction", permission: Permission::ContactsWrite, ok: 200 },
+    Endpoint { method: "PUT", path: "/v1/contacts/{id}/objection", permission: Permission::ContactsWrite, ok: 200 },
+    Endpoint { method: "GET", path: "/v1/contacts/{id}/history", permission: Permission::ContactsRead, ok: 200 },
+    Endpoint { method: "GET", path: "/v1/contacts/{id}/export", permission: Permission::ContactsExport, ok: 200 },
+    Endpoint { method: "POST", path: "/v1/api-keys", permission: Permission::KeysManage, ok: 201 },
+    Endpoint { method: "GET", path: "/v1/api-keys", permission: Permission::KeysManage, ok: 200 },
+    Endpoint { method: "DELETE", path: "/v1/api-keys/{key}", permission: Permission::KeysManage, ok: 200 },
+];
+
+/// The role table of docs/roles.md, written out independently of the code that enforces it.
+fn documented_permissions(role: Role) -> &'static [&'static str] {
+    match role {
+        Role::Owner => &[
+            "contacts:read",
+            "contacts:write",
+            "contacts:delete",
+            "contacts:export",
+            "policy:manage",
+            "consent:manage",
+            "comms:send",
+            "enrichment:admin",
+            "dsar:manage",
+            "audit:read",
+            "keys:manage",
+        ],
+        Role::Admin => &[
+            "contacts:read",
+            "contacts:write",
+            "contacts:delete",
+            "contacts:export",
+            "policy:manage",
+            "consent:manage",
+            "comms:send",
+            "enrichment:admin",
+            "audit:read",
+            "keys:manage",
+        ],
+        Role::PrivacyOfficer => &[
+            "contacts:read",
+            "contacts:write",
+            "contacts:delete",
+            "contacts:export",
+            "policy:manage",
+            "consent:manage",
+            "dsar:manage",
+            "audit:read",
+        ],
+        Role::Sales => &["contacts:read", "contacts:write", "comms:send"],
+        Role::Marketing => &["contacts:read", "consent:manage", "comms:send"],
+        Role::ReadOnly => &["contacts:read"],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_every_role_against_every_endpoint() {
+    let sb = Sandbox::monolith().await;
+    let http = sb.http();
+    let (tenant, owner) = sb.tenant("Matrix").await;
+    let mut n = 0;
+    for role in Role::ALL {
+        let key = sb.key(tenant, role).await;
+        for ep in ENDPOINTS {
+            n += 1;
+            let id = create(&http, &owner, &format!("m{n}@example.org")).await;
+            let other = create(&http, &owner, &format!("m{n}-dup@example.org")).await;
+            let victim_key = sb.key_store().await.create_key(tenant, Role::ReadOnly, "victim", "test").await.unwrap().0;
+            let path = ep.path.replace("{id}", &id).replace("{key}", &victim_key.to_string());
+            let body = match (ep.method, ep.path) {
+                ("PUT", "/v1/field-policy") => Some(json!({"fields": [
+                    {"key": "email", "type": "email", "category": "contact"},
+                    {"key": "first_name", "type": "string", "category": "identity"},
+                    {"key": "last_name", "type": "string", "category": "identity"},
+                    {"key": "phone", "type": "phone", "category": "contact"}]})),
+                ("POST", "/v1/contacts") => Some(contact_body(&format!("m{n}-new@example.org"))),
+                ("PATCH", _) => Some(json!({"last_name": "Lovelace", "reason": "matrix"})),
+                ("POST", "/v1/contacts/{id}/merge") => Some(json!({"other_id": other})),
+                ("PUT", _) => Some(json!({"active": true, "reason": "matrix"})),
+                ("POST", "/v1/api-keys") => Some(json!({"role": "read_only", "label": "matrix"})),
+                _ => None,
+            };
+            let before = http.json("GET", &format!("/v1/contacts/{id}"), Some(&owner), None).await.json;
+            let a = http.json(ep.method, &path, Some(&key), body).await;
+            let allowed = documented_permissions(role).contains(&ep.permission.as_str());
+            if allowed {
+                assert_eq!(a.status, ep.ok, "{role} {} {}: {:?}", ep.method, ep.path, a.json);
+            } else {
+                assert_eq!(a.status, 403, "{role} {} {}: {:?}", ep.method, ep.path, a.json);
+                assert_eq!(a.code(), "permission_denied");
+                assert!(a.json["detail"].as_str().unwrap().contains(ep.permission.as_str()));
+                let after = http.json("GET", &format!("/v1/contacts/{id}"), Some(&owner), None).await.json;
+                assert_eq!(before, after, "{role} {} {} changed the contact", ep.method, ep.path);
+            }
+        }
+    }
+    sb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_tenant_a_cannot_touch_tenant_b() {
+    let sb = Sandbox::monolith().await;
+    let http = sb.http();
+    let (_, a_key) = sb.tenant("A").await;
+    let (_, b_key) = sb.tenant("B").await;
+    let b_contact = create(&http, &b_key, "b-person@example.org").await;
+    let a_contact = create(&http, &a_key, "a-person@example.org").await;
+    let path = format!("/v1/contacts/{b_contact}");
+    let calls: Vec<(&str, String, Option<Value>)> = vec![
+        ("GET", path.clone(), None),
+        ("PATCH", path.clone(), Some(json!({"first_name": "Mallory"}))),
+        ("DELETE", path.clone(), None),
+        ("GET", format!("{path}/export"), None),
+        ("GET", format!("{path}/history"), None),
+        ("PUT", format!("{path}/restriction"), Some(json!({"active": true}))),
+        ("PUT", format!("{path}/objection"), Some(json!({"active": true}))),
+        ("POST", format!("{path}/merge"), Some(json!({"other_id": a_contact}))),
+        ("POST", format!("/v1/contacts/{a_contact}/merge"), Some(json!({"other_id": b_contact}))),
+    ];
+    for (method, p, body) in calls {
+        let a = http.json(method, &p, Some(&a_key), body).await;
+        assert_eq!(a.status, 404, "{method} {p}: {:?}", a.json);
+        assert_eq!(a.code(), "not_found");
+    }
+    let search = http.json("GET", "/v1/contacts?q=b-person", Some(&a_key), None).await;
+    assert_eq!(search.json["contacts"].as_array().unwrap().len(), 0);
+    let b = http.json("GET", &path, Some(&b_key), None).await;
+    assert_eq!(b.status, 200);
+    assert_eq!(b.json["first_name"], "Ada");
+    assert_eq!(b.json["version"], 1, "nothing changed");
+    assert_eq!(b.json["restriction"]["active"], false);
+    sb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_bad_input_at_the_edge_is_refused_and_nothing_stored() {
+    let sb = Sandbox::start_with(Backend::Sqlite, &[("gateway.max_body_bytes", "4096".to_string())]).await;
+    let http = sb.http();
+    let (_, key) = sb.tenant("Edge").await;
+    let post = |body: Value| http.json("POST", "/v1/contacts", Some(&key), Some(body));
+
+    let mut body = contact_body("x@example.org");
+    body["favourite_colour"] = json!("blue");
+    let a = post(body).await;
+    assert_eq!((a.status, a.code(), a.field()), (400, "invalid_argument", "favourite_colour"));
+    assert_eq!(a.headers["content-type"], "application/problem+json");
+
+    let mut body = contact_body("x@example.org");
+    body["source"]["via"] = json!("fax");
+    let a = post(body).await;
+    assert_eq!((a.status, a.field()), (400, "source.via"));
+
+    let mut body = contact_body("x@example.org");
+    body["first_name"] = json!(["not", "a", "string"]);
+    let a = post(body).await;
+    assert_eq!((a.status, a.field()), (400, "first_name"));
+
+    let mut body = contact_body("x@example.org");
+    body["fields"] = json!({"shoe_size": 40});
+    let a = post(body).await;
+    assert_eq!((a.status, a.field()), (400, "fields.shoe_size"), "outside the field policy");
+
+    let mut body = contact_body("secret-value-not-an-email");
+    body["source"]["channel"] = json!("api");
+    let a = post(body).await;
+    assert_eq!((a.status, a.field()), (400, "email"));
+    assert!(!a.body.windows(12).any(|w| w == b"secret-value"), "values are never echoed");
+
+    let a = post(json!({"email": "y@example.org"})).await;
+    assert_eq!((a.status, a.field()), (400, "source"));
+
+    let huge = json!({"email": "z@example.org", "first_name": "x".repeat(10_000), "source": {"channel": "api", "detail": "d"}});
+    let a = post(huge).await;
+    assert_eq!((a.status, a.code()), (413, "payload_too_large"));
+
+    let a = http.raw("POST", "/v1/contacts", Some(&key), Some("application/json"), b"{\"email\":".to_vec()).await;
+    assert_eq!((a.status, a.field()), (400, "body"));
+    let a = http.raw("POST", "/v1/contacts", Some(&key), Some("text/plain"), b"{}".to_vec()).await;
+    assert_eq!((a.status, a.field()), (400, "content-type"));
+
+    let a = http.json("GET", "/v1/contacts/not-an-id", Some(&key), None).await;
+    assert_eq!((a.status, a.field()), (400, "id"));
+    let a = http
+        .json(
+            "POST",
+            &format!("/v1/contacts/{}/merge", uuid::Uuid::now_v7()),
+            Some(&key),
+            Some(json!({"other_id": "42"})),
+        )
+        .await;
+    assert_eq!((a.status, a.field()), (400, "other_id"));
+    let a = http.json("GET", "/v1/contacts?limit=many", Some(&key), None).await;
+    assert_eq!((a.status, a.field()), (400, "limit"));
+    let a = http.json("GET", "/v1/contacts?colour=red", Some(&key), None).await;
+    assert_eq!((a.status, a.field()), (400, "colour"));
+
+    assert_eq!(count(&http, &key).await, 0, "no refused request stored anything");
+    sb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_credentials_missing_forged_and_revoked_are_refused() {
+    let sb = Sandbox::monolith().await;
+    let http = sb.http();
+    let (tenant, owner) = sb.tenant("Keys").await;
+    let a = http.json("GET", "/v1/contacts", None, None).await;
+    assert_eq!((a.status, a.code()), (401, "unauthenticated"));
+    let forged = format!("{}{}", &owner[..owner.len() - 4], "AAAA");
+    let a = http.json("GET", "/v1/contacts", Some(&forged), None).await;
+    assert_eq!((a.status, a.code()), (401, "unauthenticated"));
+    let a = http.json("GET", "/v1/contacts", Some("carnet_garbage"), None).await;
+    assert_eq!(a.status, 401);
+    let a = http.json("GET", "/v1/contacts", Some("eyJhbGciOiJub25lIn0.e30."), None).await;
+    assert_eq!(a.status, 401, "JWTs are refused when OIDC is off");
+
+    // Keys are created through the API, shown once, and revoked at once.
+    let created =
+        http.json("POST", "/v1/api-keys", Some(&owner), Some(json!({"role": "sales", "label": "crm-sync"}))).await;
+    assert_eq!(created.status, 201);
+    let sales = created.json["api_key"].as_str().unwrap().to_string();
+    assert_eq!(http.json("GET", "/v1/contacts", Some(&sales), None).await.status, 200);
+    let listed = http.json("GET", "/v1/api-keys", Some(&owner), None).await;
+    assert!(!listed.body.windows(20).any(|w| sales.as_bytes().windows(20).any(|s| s == w)), "keys are never listed");
+    let id = created.json["id"].as_str().unwrap();
+    assert_eq!(http.json("DELETE", &format!("/v1/api-keys/{id}"), Some(&owner), None).await.status, 200);
+    let a = http.json("GET", "/v1/contacts", Some(&sales), None).await;
+    assert_eq!((a.status, a.code()), (401, "unauthenticated"), "revoked keys stop working at once");
+
+    // An admin cannot mint an owner key.
+    let admin = sb.key(tenant, Role::Admin).await;
+    let a = http.json("POST", "/v1/api-keys", Some(&admin), Some(json!({"role": "owner"}))).await;
+    assert_eq!((a.status, a.code()), (403, "permission_denied"));
+    let a = http.json("POST", "/v1/api-keys", Some(&owner), Some(json!({"role": "root"}))).await;
+    assert_eq!((a.status, a.field()), (400, "role"));
+    sb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_rate_limit_answers_429_with_retry_after() {
+    let sb = Sandbox::start_with(
+        Backend::Sqlite,
+        &[("gateway.rate_limit_per_second", "1".to_string()), ("gateway.rate_limit_burst", "3".to_string())],
+    )
+    .await;
+    let http = sb.http();
+    let (_, key) = sb.tenant("Busy").await;
+    let answers: Vec<Answer> =
+        futures::future::join_all((0..6).map(|_| http.json("GET", "/v1/contacts", Some(&key), None))).await;
+    let limited: Vec<&Answer> = answers.iter().filter(|a| a.status == 429).collect();
+    assert!(limited.len() >= 2, "{:?}", answers.iter().map(|a| a.status).collect::<Vec<_>>());
+    assert_eq!(limited[0].code(), "resource_exhausted");
+    let retry: u64 = limited[0].headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    sb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_openapi_document_lists_every_route() {
+    let sb = Sandbox::monolith().await;
+    let doc = sb.http().json("GET", "/openapi.json", None, None).await;
+    assert_eq!(doc.status, 200);
+    assert!(doc.json["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc.json["paths"].as_object().unwrap();
+    for ep in ENDPOINTS {
+        let path = ep.path.replace("{key}", "{id}");
+        let item = paths.get(&path).unwrap_or_else(|| panic!("{path} missing from /openapi.json"));
+        assert!(item.get(ep.method.to_lowercase()).is_some(), "{} {path} missing", ep.method);
+    }
+    assert!(doc.json["components"]["schemas"]["Problem"].is_object());
+    assert!(doc.json["components"]["schemas"]["CreateContactBody"].is_object());
+    let health = sb.http().json("GET", "/readyz", None, None).await;
+    assert_eq!(health.status, 200);
+    sb.stop().await;
+}
+
+/// Signs a JWT with a fixture key of the gateway's tests.
+fn jwt(key_file: &str, kid: &str, claims: Value) -> String {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../gateway/tests/fixtures/");
+    let pem = std::fs::read(format!("{dir}{key_file}")).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid.to_string());
+    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_oidc_tokens_are_a_second_way_in() {
+    let jwks = concat!(env!("CARGO_MANIFEST_DIR"), "/../gateway/tests/fixtures/jwks.json");
+    let sb = Sandbox::start_with(
+        Backend::Sqlite,
+        &[
+            ("gateway.oidc.issuer", "https://idp.example.test".to_string()),
+            ("gateway.oidc.audience", "carnet".to_string()),
+            ("gateway.oidc.jwks_file", jwks.to_string()),
+        ],
+    )
+    .await;
+    let http = sb.http();
+    let (tenant, owner) = sb.tenant("Federated").await;
+    let id = create(&http, &owner, "fed@example.org").await;
+    let now = chrono::Utc::now().timestamp();
+    let claims = |roles: Value, aud: &str, exp: i64| {
+        json!({"iss": "https://idp.example.test", "aud": aud, "sub": "alice@corp.example", "exp": exp, "iat": now,
+               "carnet_tenant": tenant.to_string(), "carnet_roles": roles})
+    };
+    let sales = jwt("rsa1_private.pem", "rsa-1", claims(json!(["sales"]), "carnet", now + 300));
+    let a = http.json("GET", &format!("/v1/contacts/{id}"), Some(&sales), None).await;
+    assert_eq!(a.status, 200, "{:?}", a.json);
+    let a = http.json("GET", &format!("/v1/contacts/{id}/export"), Some(&sales), None).await;
+    assert_eq!((a.status, a.code()), (403, "permission_denied"), "sales may view but not export");
+    let a = http.json("PATCH", &format!("/v1/contacts/{id}"), Some(&sales), Some(json!({"last_name": "Fed"}))).await;
+    assert_eq!(a.status, 200);
+    let history = http.json("GET", &format!("/v1/contacts/{id}/history"), Some(&owner), None).await;
+    let actor = history.json["changes"][1]["actor"].as_str().unwrap().to_string();
+    assert!(actor.starts_with("oidc:") && !actor.contains("alice"), "the subject is pseudonymised: {actor}");
+
+    let refused = [
+        ("expired", jwt("rsa1_private.pem", "rsa-1", claims(json!(["owner"]), "carnet", now - 3600))),
+        ("wrong audience", jwt("rsa1_private.pem", "rsa-1", claims(json!(["owner"]), "someone-else", now + 300))),
+        ("signed by another key", jwt("rsa2_private.pem", "rsa-1", claims(json!(["owner"]), "carnet", now + 300))),
+    ];
+    for (what, token) in refused {
+        let a = http.json("GET", &format!("/v1/contacts/{id}"), Some(&token), None).await;
+        assert_eq!((a.status, a.code()), (401, "unauthenticated"), "{what}: {:?}", a.json);
+    }
+    let no_role = jwt("rsa1_private.pem", "rsa-1", claims(json!(["janitor"]), "carnet", now + 300));
+    let a = http.json("GET", &format!("/v1/contacts/{id}"), Some(&no_role), None).await;
+    assert_eq!(a.status, 403);
+    sb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_a_grpc_call_without_signed_caller_is_refused_behind_the_gateway() {
+    use carnet_proto::contacts::v1::ListContactsRequest;
+    use carnet_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
+    let sb = Sandbox::monolith().await;
+    let mut direct = ContactsServiceClient::new(sb.channel());
+    let status = direct.list_contacts(ListContactsRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    sb.stop().await;
+}
