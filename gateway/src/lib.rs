@@ -189,6 +189,7 @@ async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -
         http.response.status_code = tracing::field::Empty,
         request_id = %request_id,
     );
+    carnet_kit::telemetry::continue_trace(&span, request.headers());
     let deadline = Duration::from_millis(state.config.request_timeout_ms);
     let run = tracing::Instrument::instrument(next.run(request), span.clone());
     let mut response = match tokio::time::timeout(deadline, run).await {

@@ -62,9 +62,23 @@ impl Http {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> Answer {
+        let headers: Vec<(&str, String)> =
+            bearer.map(|t| ("authorization", format!("Bearer {t}"))).into_iter().collect();
+        self.raw_with_headers(method, path, &headers, content_type, body).await
+    }
+
+    /// Sends raw bytes with the given headers and content type.
+    pub async fn raw_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Answer {
         let mut req = hyper::Request::builder().method(method).uri(format!("{}{path}", self.base));
-        if let Some(token) = bearer {
-            req = req.header("authorization", format!("Bearer {token}"));
+        for (name, value) in headers {
+            req = req.header(*name, value);
         }
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);

@@ -96,5 +96,56 @@ async fn test_grpc_calls_are_exported_as_spans_without_personal_data() {
     let everything = format!("{:?}", collector.received.lock().unwrap());
     assert!(!everything.contains("otel-secret-person"), "e-mail leaked into telemetry");
     assert!(!everything.contains("Secretname"), "name leaked into telemetry");
+
+    // One trace from the HTTP edge through the gRPC call, continuing the caller's traceparent.
+    let (_, key) = sandbox.tenant("Traced").await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let http = sandbox.http();
+    let body =
+        serde_json::json!({"email": "traced-person@example.org", "source": {"channel": "api", "detail": "otel"}});
+    let answer = http
+        .raw_with_headers(
+            "POST",
+            "/v1/contacts",
+            &[
+                ("authorization", format!("Bearer {key}")),
+                ("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01")),
+            ],
+            Some("application/json"),
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+    assert_eq!(answer.status, 201, "{:?}", answer.json);
+    guard.flush();
+    let wanted = hex_to_bytes(trace_id);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (http_span, grpc_span) = loop {
+        let spans: Vec<_> = collector
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.resource_spans.clone())
+            .flat_map(|rs| rs.scope_spans)
+            .flat_map(|ss| ss.spans)
+            .filter(|s| s.trace_id == wanted)
+            .collect();
+        let http_span = spans.iter().find(|s| s.name == "POST /v1/contacts").cloned();
+        let grpc_span = spans.iter().find(|s| s.name == "carnet.contacts.v1.ContactsService/CreateContact").cloned();
+        if let (Some(h), Some(g)) = (http_span, grpc_span) {
+            break (h, g);
+        }
+        assert!(Instant::now() < deadline, "the request's spans did not arrive in trace {trace_id}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        guard.flush();
+    };
+    assert_eq!(http_span.parent_span_id, hex_to_bytes("00f067aa0ba902b7"), "the edge continues the caller's trace");
+    assert!(!grpc_span.parent_span_id.is_empty(), "the service span has a parent in the same trace");
+    let everything = format!("{:?}", collector.received.lock().unwrap());
+    assert!(!everything.contains("traced-person"), "e-mail leaked into telemetry");
     sandbox.stop().await;
+}
+
+fn hex_to_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
 }

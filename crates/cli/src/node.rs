@@ -231,7 +231,11 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
     let mut server = tonic::transport::Server::builder()
         .timeout(Duration::from_millis(cfg.grpc.request_timeout_ms))
         .tcp_nodelay(true)
-        .trace_fn(|request| grpc_span(request.uri().path()));
+        .trace_fn(|request| {
+            let span = grpc_span(request.uri().path());
+            carnet_kit::telemetry::continue_trace(&span, request.headers());
+            span
+        });
     let mut router = server.add_service(health_service).add_service(reflection);
     let mut dbs = Vec::new();
     let mut gateway_db_opt = None;

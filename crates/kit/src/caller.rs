@@ -267,7 +267,8 @@ impl tonic::service::Interceptor for CallerInterceptor {
     }
 }
 
-/// Client-side interceptor: signs a fixed caller onto every outgoing request.
+/// Client-side interceptor: signs a fixed caller onto every outgoing request, and passes on the
+/// W3C trace context of the current span.
 ///
 /// The signed headers are reused until half their lifetime has passed, so a busy client signs
 /// about once every 30 seconds and HTTP/2 header compression sees the same values.
@@ -313,6 +314,7 @@ impl CallerSigner {
         let md = request.metadata_mut();
         md.insert(CALLER_HEADER, headers.payload);
         md.insert(CALLER_SIG_HEADER, headers.sig);
+        crate::telemetry::propagate_trace(md);
     }
 }
 

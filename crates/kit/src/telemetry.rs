@@ -101,3 +101,52 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     let _ = tracing_subscriber::registry().with(filter).with(fmt_layer).with(otel_layer_opt).try_init();
     Ok(TelemetryGuard { provider_opt })
 }
+
+/// Reads W3C trace context headers.
+struct HeaderExtractor<'a>(&'a tonic::codegen::http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Writes W3C trace context into gRPC metadata.
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) =
+            (tonic::metadata::MetadataKey::from_bytes(key.as_bytes()), tonic::metadata::MetadataValue::try_from(&value))
+        {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+/// Makes `span` a child of the W3C trace context (`traceparent`, `tracestate`) in `headers`,
+/// when there is one: an HTTP request or a gRPC call continues its caller's trace.
+pub fn continue_trace(span: &tracing::Span, headers: &tonic::codegen::http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if headers.contains_key("traceparent") {
+        let propagator = opentelemetry_sdk::propagation::TraceContextPropagator::new();
+        let parent = opentelemetry::propagation::TextMapPropagator::extract(&propagator, &HeaderExtractor(headers));
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// Writes the trace context of the current span into outgoing gRPC metadata.
+pub fn propagate_trace(metadata: &mut tonic::metadata::MetadataMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = tracing::Span::current().context();
+    let propagator = opentelemetry_sdk::propagation::TraceContextPropagator::new();
+    opentelemetry::propagation::TextMapPropagator::inject_context(
+        &propagator,
+        &context,
+        &mut MetadataInjector(metadata),
+    );
+}
