@@ -1,5 +1,8 @@
-//! gRPC throughput of Carnet next to a raw tonic echo RPC, measured the same way in one run:
-//! `cargo bench -p carnet-tests --bench grpc`.
+//! Throughput of Carnet next to bare baselines, measured the same way in one run:
+//! `cargo bench -p carnet-tests --bench throughput`.
+//!
+//! gRPC scenarios are compared with a raw tonic echo RPC; HTTP scenarios (through the gateway,
+//! with API-key authentication) with a bare axum handler echoing its JSON body.
 //!
 //! Every scenario runs with the same number of clients, each on its own HTTP/2 connection in its
 //! own task, issuing its next call as soon as the previous one answers. The table gives each
@@ -29,6 +32,7 @@ use carnet_proto::bench::v1::{EchoRequest, EchoResponse};
 use carnet_proto::common::v1::{Source, SourceChannel};
 use carnet_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
 use carnet_proto::contacts::v1::{CreateContactRequest, GetContactRequest};
+use carnet_tests::http::Http;
 use carnet_tests::{ContactsClient, Sandbox};
 
 /// Contacts created before the `get` scenario, read in rotation.
@@ -66,6 +70,8 @@ fn env_or<T: FromStr>(name: &str, default: T) -> T {
 /// What one scenario measured.
 struct Report {
     name: &'static str,
+    /// The scenario this one is compared with.
+    baseline: &'static str,
     clients: usize,
     ops_per_sec: f64,
     p50: Duration,
@@ -133,6 +139,7 @@ where
     };
     Report {
         name,
+        baseline: if name.starts_with("http") { "http-echo" } else { "echo" },
         clients: count,
         ops_per_sec: total.latencies.len() as f64 / settings.measure.as_secs_f64(),
         p50: percentile(0.50),
@@ -256,15 +263,16 @@ async fn bench_get(settings: Settings, sandbox: &Sandbox) -> Report {
     run("get", settings, calls).await
 }
 
-/// Prints one row per report; `targets` gives the minimum ratio to echo a scenario should reach.
+/// Prints one row per report; `targets` gives the minimum ratio to its baseline a scenario
+/// should reach.
 fn print_table(reports: &[Report], targets: &[(&str, f64)]) {
-    let echo = reports.iter().find(|r| r.name == "echo").map_or(f64::NAN, |r| r.ops_per_sec);
+    let baseline = |name: &str| reports.iter().find(|r| r.name == name).map_or(f64::NAN, |r| r.ops_per_sec);
     println!(
-        "{:<10} {:>7} {:>10} {:>10} {:>10} {:>7} {:>8}  target",
-        "scenario", "clients", "ops/s", "p50 ms", "p99 ms", "errors", "vs echo"
+        "{:<12} {:>7} {:>10} {:>10} {:>10} {:>7} {:>9} {:>10}  target",
+        "scenario", "clients", "ops/s", "p50 ms", "p99 ms", "errors", "baseline", "ratio"
     );
     for r in reports {
-        let ratio = r.ops_per_sec / echo;
+        let ratio = r.ops_per_sec / baseline(r.baseline);
         let target = match targets.iter().find(|(name, _)| *name == r.name) {
             Some((_, min)) if r.errors > 0 => format!(">= {min:.2}x: not met (errors)"),
             Some((_, min)) => format!(">= {min:.2}x: {}", if ratio >= *min { "met" } else { "not met" }),
@@ -272,23 +280,114 @@ fn print_table(reports: &[Report], targets: &[(&str, f64)]) {
         };
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "{:<10} {:>7} {:>10.0} {:>10.2} {:>10.2} {:>7} {:>7.3}x  {target}",
+            "{:<12} {:>7} {:>10.0} {:>10.2} {:>10.2} {:>7} {:>9} {:>9.3}x  {target}",
             r.name,
             r.clients,
             r.ops_per_sec,
             ms(r.p50),
             ms(r.p99),
             r.errors,
+            r.baseline,
             ratio
         );
     }
+}
+
+/// Serves a bare axum handler that answers with the JSON body it was sent; returns its address.
+async fn start_http_echo() -> SocketAddr {
+    async fn echo(body: axum::body::Bytes) -> ([(axum::http::HeaderName, &'static str); 1], axum::body::Bytes) {
+        ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind http echo");
+    let addr = listener.local_addr().expect("http echo address");
+    let app = axum::Router::new().route("/echo", axum::routing::post(echo));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// The JSON body of the HTTP create scenario.
+fn http_create_body(email: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "email": email, "first_name": "Ada", "last_name": "Lovelace", "source": {"channel": "api", "detail": "bench"}
+    }))
+    .expect("json")
+}
+
+/// Turns a non-success HTTP answer into a failed call.
+fn http_result(answer: carnet_tests::http::Answer, expected: u16) -> Result<(), Status> {
+    if answer.status == expected {
+        Ok(())
+    } else {
+        Err(Status::internal(format!("http {}: {}", answer.status, answer.code())))
+    }
+}
+
+/// Measures the bare axum baseline with a body as large as the create scenario's.
+async fn bench_http_echo(settings: Settings) -> Report {
+    let addr = start_http_echo().await;
+    let body = http_create_body("bench-00-000000@example.org");
+    let calls = (0..settings.clients)
+        .map(|_| {
+            let (http, body) = (Http::new(addr), body.clone());
+            move |_n: u64| -> Call {
+                let (http, body) = (http.clone(), body.clone());
+                Box::pin(async move {
+                    http_result(http.raw("POST", "/echo", Some("key"), Some("application/json"), body).await, 200)
+                })
+            }
+        })
+        .collect();
+    run("http-echo", settings, calls).await
+}
+
+/// Measures `POST /v1/contacts` through the gateway with an API key.
+async fn bench_http_create(settings: Settings, sandbox: &Sandbox, key: &str) -> Report {
+    let addr = sandbox.node.http_addr_opt.expect("gateway address");
+    let calls = (0..settings.clients)
+        .map(|i| {
+            let (http, key) = (Http::new(addr), key.to_string());
+            move |n: u64| -> Call {
+                let (http, key) = (http.clone(), key.clone());
+                let body = http_create_body(&format!("http-{i}-{n}@example.org"));
+                Box::pin(async move {
+                    http_result(http.raw("POST", "/v1/contacts", Some(&key), Some("application/json"), body).await, 201)
+                })
+            }
+        })
+        .collect();
+    run("http-create", settings, calls).await
+}
+
+/// Measures `GET /v1/contacts/{id}` through the gateway over a pool of existing contacts.
+async fn bench_http_get(settings: Settings, sandbox: &Sandbox, key: &str) -> Report {
+    let addr = sandbox.node.http_addr_opt.expect("gateway address");
+    let seeder = Http::new(addr);
+    let mut ids = Vec::with_capacity(GET_POOL_SIZE);
+    for n in 0..GET_POOL_SIZE {
+        let body = http_create_body(&format!("http-pool-{n}@example.org"));
+        let answer = seeder.raw("POST", "/v1/contacts", Some(key), Some("application/json"), body).await;
+        ids.push(answer.json["id"].as_str().expect("seeded contact").to_string());
+    }
+    let ids = Arc::new(ids);
+    let stride = GET_POOL_SIZE / settings.clients.max(1);
+    let calls = (0..settings.clients)
+        .map(|i| {
+            let (http, key, ids) = (Http::new(addr), key.to_string(), Arc::clone(&ids));
+            move |n: u64| -> Call {
+                let path = format!("/v1/contacts/{}", ids[(i * stride + n as usize) % ids.len()]);
+                let (http, key) = (http.clone(), key.clone());
+                Box::pin(async move { http_result(http.json("GET", &path, Some(&key), None).await, 200) })
+            }
+        })
+        .collect();
+    run("http-get", settings, calls).await
 }
 
 #[tokio::main]
 async fn main() {
     let settings = Settings::from_env();
     println!(
-        "carnet grpc bench: {} clients, {:.1}s warm-up, {:.1}s measured per scenario",
+        "carnet throughput bench: {} clients, {:.1}s warm-up, {:.1}s measured per scenario",
         settings.clients,
         settings.warmup.as_secs_f64(),
         settings.measure.as_secs_f64()
@@ -297,9 +396,13 @@ async fn main() {
     let sandbox = Sandbox::monolith().await;
     reports.push(bench_create(settings, &sandbox).await);
     reports.push(bench_get(settings, &sandbox).await);
+    reports.push(bench_http_echo(settings).await);
+    let (_, key) = sandbox.tenant("bench").await;
+    reports.push(bench_http_create(settings, &sandbox, &key).await);
+    reports.push(bench_http_get(settings, &sandbox, &key).await);
     sandbox.stop().await;
 
-    print_table(&reports, &[("create", 0.25), ("get", 0.5)]);
+    print_table(&reports, &[("create", 0.25), ("get", 0.5), ("http-create", 0.3), ("http-get", 0.5)]);
     let failed: Vec<&Report> = reports.iter().filter(|r| r.errors > 0).collect();
     for r in &failed {
         let first = r.first_error_opt.as_ref().map_or_else(String::new, |s| format!("{:?}: {}", s.code(), s.message()));
