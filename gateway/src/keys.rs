@@ -2,7 +2,12 @@
 //!
 //! A key reads `carnet_<key id, 32 hex>_<secret, 43 base64url>`. Only the SHA-256 of the secret
 //! is stored (the secret carries 256 random bits, so a fast hash is enough); the key is shown
-//! once. A revoked key is refused from the next request on: every request reads the key row.
+//! once. A revoked key is refused from the next request on by the gateway that revoked it; with
+//! `gateway.key_cache_ms` above zero, other gateway replicas may accept it for up to that long.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -87,6 +92,11 @@ fn db_err(err: DbErr) -> ServiceError {
     ServiceError::internal("database error")
 }
 
+/// Compares two hex hashes in constant time.
+fn same_hash(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
@@ -109,11 +119,35 @@ pub fn looks_like_key(token: &str) -> bool {
 #[derive(Clone, Debug)]
 pub struct KeyStore {
     db: Db,
+    cache: Arc<KeyCache>,
+}
+
+/// Keys verified recently: (identity, secret hash, verified at).
+#[derive(Debug, Default)]
+struct KeyCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<Uuid, (KeyIdentity, String, Instant)>>,
+    /// Keys revoked through this store: refused even when a concurrent verification read the
+    /// row just before the revocation committed.
+    revoked: Mutex<std::collections::HashSet<Uuid>>,
+}
+
+impl KeyCache {
+    fn is_revoked(&self, id: &Uuid) -> bool {
+        self.revoked.lock().unwrap_or_else(|e| e.into_inner()).contains(id)
+    }
 }
 
 impl KeyStore {
+    /// A store that reads the key row on every verification.
     pub fn new(db: Db) -> Self {
-        KeyStore { db }
+        KeyStore::with_cache(db, Duration::ZERO)
+    }
+
+    /// A store that trusts a verified key for `ttl` before reading its row again; a key revoked
+    /// through this store is refused at once.
+    pub fn with_cache(db: Db, ttl: Duration) -> Self {
+        KeyStore { db, cache: Arc::new(KeyCache { ttl, ..KeyCache::default() }) }
     }
 
     pub fn db(&self) -> &Db {
@@ -178,6 +212,8 @@ impl KeyStore {
             .await
             .map_err(db_err)?
             .ok_or_else(|| ServiceError::not_found("api key", key_id).with_field("id"))?;
+        self.cache.revoked.lock().unwrap_or_else(|e| e.into_inner()).insert(key_id);
+        self.cache.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(&key_id);
         let row = if row.revoked_at.is_none() {
             let mut model: api_key::ActiveModel = row.into();
             model.revoked_at = Set(Some(carnet_kit::db::now()));
@@ -193,18 +229,35 @@ impl KeyStore {
     pub async fn verify(&self, presented: &str) -> Result<KeyIdentity, ServiceError> {
         let refused = || ServiceError::new(ErrorCode::Unauthenticated, "invalid api key");
         let (id, secret) = parse_key(presented).ok_or_else(refused)?;
-        let row = api_key::Entity::find_by_id(id).one(&self.db.read).await.map_err(db_err)?.ok_or_else(refused)?;
         let presented_hash = hash_secret(secret);
-        let same = presented_hash.len() == row.secret_hash.len()
-            && presented_hash.bytes().zip(row.secret_hash.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-        if !same {
+        if self.cache.is_revoked(&id) {
+            return Err(ServiceError::new(ErrorCode::Unauthenticated, "api key revoked"));
+        }
+        if !self.cache.ttl.is_zero() {
+            let entries = self.cache.entries.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((identity, hash, at)) = entries.get(&id)
+                && at.elapsed() < self.cache.ttl
+            {
+                return if same_hash(&presented_hash, hash) { Ok(identity.clone()) } else { Err(refused()) };
+            }
+        }
+        let row = api_key::Entity::find_by_id(id).one(&self.db.read).await.map_err(db_err)?.ok_or_else(refused)?;
+        if !same_hash(&presented_hash, &row.secret_hash) {
             return Err(refused());
         }
         if row.revoked_at.is_some() {
             return Err(ServiceError::new(ErrorCode::Unauthenticated, "api key revoked"));
         }
         let role = row.role.parse().map_err(|_| ServiceError::internal("stored key role is unknown"))?;
-        Ok(KeyIdentity { key_id: id, tenant_id: row.tenant_id, role })
+        let identity = KeyIdentity { key_id: id, tenant_id: row.tenant_id, role };
+        if !self.cache.ttl.is_zero() && !self.cache.is_revoked(&id) {
+            let mut entries = self.cache.entries.lock().unwrap_or_else(|e| e.into_inner());
+            if entries.len() > 100_000 {
+                entries.clear();
+            }
+            entries.insert(id, (identity.clone(), row.secret_hash, Instant::now()));
+        }
+        Ok(identity)
     }
 }
 

@@ -54,6 +54,10 @@ pub struct GatewayConfig {
     /// Sustained requests per second per key or token subject; 0 turns the limit off.
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    /// How long a verified API key is trusted before its row is read again, in milliseconds.
+    /// A key revoked through this gateway is refused at once; other replicas notice within this
+    /// time. 0 reads the row on every request.
+    pub key_cache_ms: u64,
     /// The contacts service; empty in monolith mode (this process's own gRPC address).
     pub contacts_endpoint: String,
     pub oidc: jwt::OidcConfig,

@@ -180,7 +180,7 @@ async fn start_gateway(
         .context("failed to load the OIDC keys")?;
     let state = carnet_gateway::AppState::new(
         cfg.gateway.clone(),
-        carnet_gateway::keys::KeyStore::new(db),
+        carnet_gateway::keys::KeyStore::with_cache(db, Duration::from_millis(cfg.gateway.key_cache_ms)),
         jwt_opt,
         mesh_key,
         channel,
