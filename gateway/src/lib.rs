@@ -113,6 +113,8 @@ impl AppState {
 /// Builds the HTTP router.
 pub fn router(state: AppState) -> Router {
     use routes::{contacts, keys};
+    // Bodies are read at most this far: a larger one is refused without being buffered whole.
+    let body_limit = axum::extract::DefaultBodyLimit::max(state.config.max_body_bytes);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -133,6 +135,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), edge))
+        .layer(body_limit)
         .with_state(state)
 }
 
