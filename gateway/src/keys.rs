@@ -241,7 +241,9 @@ impl KeyStore {
                 return if same_hash(&presented_hash, hash) { Ok(identity.clone()) } else { Err(refused()) };
             }
         }
-        let row = api_key::Entity::find_by_id(id).one(&self.db.read).await.map_err(db_err)?.ok_or_else(refused)?;
+        // `all`, not `one`: `one` adds `LIMIT ?`, which makes SQLite re-prepare the statement each time.
+        let row =
+            api_key::Entity::find_by_id(id).all(&self.db.read).await.map_err(db_err)?.pop().ok_or_else(refused)?;
         if !same_hash(&presented_hash, &row.secret_hash) {
             return Err(refused());
         }

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect, SqlErr};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, SqlErr};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -175,27 +175,28 @@ async fn refuse_duplicates<C: sea_orm::ConnectionTrait>(
     }
     // (tenant, field, value) → holder: a stored contact (Err) or an earlier job of the batch (Ok).
     let mut holders: HashMap<(Uuid, &'static str, String), Result<usize, Uuid>> = HashMap::new();
+    // One query per column, so each is a lookup in its (tenant_id, column) unique index: an
+    // `email IN (…) OR phone IN (…)` makes SQLite scan every contact of the tenant.
     for (tenant_id, (emails, phones)) in by_tenant {
-        if emails.is_empty() && phones.is_empty() {
-            continue;
-        }
-        let stored: Vec<(Uuid, Option<String>, Option<String>)> = contact::Entity::find()
-            .select_only()
-            .columns([contact::Column::Id, contact::Column::Email, contact::Column::Phone])
-            .filter(contact::Column::TenantId.eq(tenant_id))
-            .filter(
-                Condition::any().add(contact::Column::Email.is_in(emails)).add(contact::Column::Phone.is_in(phones)),
-            )
-            .into_tuple()
-            .all(conn)
-            .await
-            .map_err(db_err)?;
-        for (id, email_opt, phone_opt) in stored {
-            if let Some(email) = email_opt {
-                holders.insert((tenant_id, "email", email), Err(id));
+        for (field, column, values) in
+            [("email", contact::Column::Email, emails), ("phone", contact::Column::Phone, phones)]
+        {
+            if values.is_empty() {
+                continue;
             }
-            if let Some(phone) = phone_opt {
-                holders.insert((tenant_id, "phone", phone), Err(id));
+            let stored: Vec<(Uuid, Option<String>)> = contact::Entity::find()
+                .select_only()
+                .columns([contact::Column::Id, column])
+                .filter(contact::Column::TenantId.eq(tenant_id))
+                .filter(column.is_in(values))
+                .into_tuple()
+                .all(conn)
+                .await
+                .map_err(db_err)?;
+            for (id, value_opt) in stored {
+                if let Some(value) = value_opt {
+                    holders.insert((tenant_id, field, value), Err(id));
+                }
             }
         }
     }

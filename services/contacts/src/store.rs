@@ -529,7 +529,8 @@ pub(crate) async fn create_one(
 }
 
 pub(crate) async fn load_policy<C: ConnectionTrait>(conn: &C, tenant_id: Uuid) -> Result<FieldPolicy, ServiceError> {
-    let Some(row) = field_policy::Entity::find_by_id(tenant_id).one(conn).await.map_err(db_err)? else {
+    // `all`, not `one`: see `find`.
+    let Some(row) = field_policy::Entity::find_by_id(tenant_id).all(conn).await.map_err(db_err)?.pop() else {
         return Ok(FieldPolicy::default_policy());
     };
     let fields: Vec<FieldDefinition> =
@@ -543,12 +544,15 @@ async fn find<C: ConnectionTrait>(
     id: Uuid,
     field: &str,
 ) -> Result<contact::Model, ServiceError> {
+    // `all`, not `one`: the id is the primary key, and `one` adds `LIMIT ?`, whose bound value
+    // SQLite (3.51) reads while planning, so it re-prepares the statement on every execution.
     contact::Entity::find()
         .filter(contact::Column::TenantId.eq(tenant_id))
         .filter(contact::Column::Id.eq(id))
-        .one(conn)
+        .all(conn)
         .await
         .map_err(db_err)?
+        .pop()
         .ok_or_else(|| ServiceError::not_found("contact", id).with_field(field))
 }
 
@@ -573,7 +577,8 @@ async fn check_unique<C: ConnectionTrait>(
         if let Some(self_id) = self_id_opt {
             select = select.filter(contact::Column::Id.ne(self_id));
         }
-        if let Some(existing) = select.into_tuple::<Uuid>().one(conn).await.map_err(db_err)? {
+        // `all`, not `one`: see `find`; the unique index allows one holder at most.
+        if let Some(existing) = select.into_tuple::<Uuid>().all(conn).await.map_err(db_err)?.pop() {
             return Err(duplicate(field, existing));
         }
     }
