@@ -19,7 +19,14 @@ fn carnet() -> Command {
 }
 
 /// Starts `carnet` with `args` and waits for its `gRPC on ADDR` start line on stderr.
-fn start(mut cmd: Command) -> (Child, String) {
+fn start(cmd: Command) -> (Child, String) {
+    let (child, line) = start_line(cmd);
+    let grpc = line.split("gRPC on ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    (child, grpc)
+}
+
+/// Starts `carnet` and returns its start line (`… HTTP on ADDR gRPC on ADDR …`).
+fn start_line(mut cmd: Command) -> (Child, String) {
     let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("spawn carnet");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -33,8 +40,8 @@ fn start(mut cmd: Command) -> (Child, String) {
     while Instant::now() < deadline {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => {
-                if let Some(rest) = line.split("gRPC on ").nth(1) {
-                    return (child, rest.split_whitespace().next().unwrap().to_string());
+                if line.contains("gRPC on ") {
+                    return (child, line);
                 }
                 seen.push(line);
             }
@@ -164,7 +171,52 @@ fn test_migrate_then_serve_on_postgres() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut cmd = carnet();
     cmd.args(["serve", "--target", "contacts"]).envs(env);
-    let (child, addr) = start(cmd);
+    let (contacts, addr) = start(cmd);
     assert!(serving(&addr));
-    stop(child);
+
+    // The gateway as a process of its own, on its own database, reaching contacts over the network.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let gateway_url = rt.block_on(carnet_kit::db::create_postgres_database(&server, &format!("{name}_gw"))).unwrap();
+    drop(rt);
+    let contacts_endpoint = format!("http://{addr}");
+    let gateway_env = [
+        ("CARNET__GATEWAY__DATABASE_URL", gateway_url.as_str()),
+        ("CARNET__GATEWAY__CONTACTS_ENDPOINT", contacts_endpoint.as_str()),
+        ("CARNET__GATEWAY__LISTEN_ADDR", "127.0.0.1:0"),
+        ("CARNET__MESH__SIGNING_KEY", "a-mesh-signing-key-of-at-least-32-bytes"),
+        ("CARNET__GRPC__LISTEN_ADDR", "127.0.0.1:0"),
+    ];
+    let out = carnet().args(["migrate", "--target", "gateway"]).envs(gateway_env).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = carnet().args(["tenant", "create", "Split Inc"]).envs(gateway_env).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = created["api_key"].as_str().unwrap().to_string();
+    let mut cmd = carnet();
+    cmd.args(["serve", "--target", "gateway"]).envs(gateway_env);
+    let (gateway, line) = start_line(cmd);
+    let http = line.split("HTTP on ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let body = r#"{"email":"split@example.org","source":{"channel":"api","detail":"cli-test"}}"#;
+    let response = http_request(&http, "POST", "/v1/contacts", &key, body);
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    let response = http_request(&http, "GET", "/v1/contacts?q=split", &key, "");
+    assert!(response.starts_with("HTTP/1.1 200") && response.contains("split@example.org"), "{response}");
+    stop(gateway);
+    stop(contacts);
+}
+
+/// Sends one HTTP/1.1 request over a plain TCP connection and returns the whole response.
+fn http_request(addr: &str, method: &str, path: &str, key: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let content = if body.is_empty() { String::new() } else { "content-type: application/json\r\n".to_string() };
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: carnet\r\nauthorization: Bearer {key}\r\n{content}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }

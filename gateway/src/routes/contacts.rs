@@ -537,6 +537,16 @@ pub async fn merge_contacts(
     Ok(Json(contact.into()))
 }
 
+/// Checks the permission to set a flag and builds the request.
+fn flag_request(auth: &Auth, id: &str, body: FlagBody) -> Result<pb::SetFlagRequest, ApiError> {
+    auth.require(Permission::ContactsWrite)?;
+    Ok(pb::SetFlagRequest {
+        id: path_id("id", id)?.to_string(),
+        active: body.active,
+        reason: body.reason.unwrap_or_default(),
+    })
+}
+
 /// Sets or lifts the restriction of processing (Art. 18).
 #[utoipa::path(put, path = "/v1/contacts/{id}/restriction", tag = "contacts", params(("id" = String, Path)), request_body = FlagBody,
     responses((status = 200, body = ContactView), (status = "4XX", body = Problem)))]
@@ -546,12 +556,7 @@ pub async fn put_restriction(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<FlagBody>,
 ) -> Result<Json<ContactView>, ApiError> {
-    auth.require(Permission::ContactsWrite)?;
-    let req = pb::SetFlagRequest {
-        id: path_id("id", &id)?.to_string(),
-        active: body.active,
-        reason: body.reason.unwrap_or_default(),
-    };
+    let req = flag_request(&auth, &id, body)?;
     Ok(Json(state.contacts(&auth).set_restriction(req).await?.into_inner().into()))
 }
 
@@ -564,12 +569,7 @@ pub async fn put_objection(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<FlagBody>,
 ) -> Result<Json<ContactView>, ApiError> {
-    auth.require(Permission::ContactsWrite)?;
-    let req = pb::SetFlagRequest {
-        id: path_id("id", &id)?.to_string(),
-        active: body.active,
-        reason: body.reason.unwrap_or_default(),
-    };
+    let req = flag_request(&auth, &id, body)?;
     Ok(Json(state.contacts(&auth).set_objection(req).await?.into_inner().into()))
 }
 
