@@ -20,6 +20,12 @@ pub mod contacts {
     }
 }
 
+pub mod consent {
+    pub mod v1 {
+        tonic::include_proto!("carnet.consent.v1");
+    }
+}
+
 pub mod events {
     pub mod v1 {
         tonic::include_proto!("carnet.events.v1");

@@ -16,10 +16,12 @@ use carnet_cli::{CarnetConfig, Target};
 use carnet_gateway::keys::KeyStore;
 use carnet_gateway::roles::Role;
 use carnet_kit::{Caller, CallerSigner, MeshKey, Permission};
+use carnet_proto::consent::v1::consent_service_client::ConsentServiceClient;
 use carnet_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
 
 pub type Signed = InterceptedService<Channel, CallerSigner>;
 pub type ContactsClient = ContactsServiceClient<Signed>;
+pub type ConsentClient = ConsentServiceClient<Signed>;
 
 /// A node running in this process, with its data dir (removed on drop).
 pub struct Sandbox {
@@ -66,6 +68,7 @@ impl Sandbox {
                 let url = postgres::fresh_database(server).await;
                 overrides.push(("contacts.database_url", url));
                 overrides.push(("gateway.database_url", postgres::fresh_database(server).await));
+                overrides.push(("consent.database_url", postgres::fresh_database(server).await));
                 overrides.push(("mesh.signing_key", MeshKey::generate().to_hex()));
                 Mode::Split
             }
@@ -84,6 +87,14 @@ impl Sandbox {
             .await
             .expect("connect to sandbox");
         Sandbox { node, config, mode, _dir: dir, channel }
+    }
+
+    /// A consent client acting as `caller`.
+    pub fn consent(&self, caller: &Caller) -> ConsentClient {
+        ConsentServiceClient::with_interceptor(
+            self.channel(),
+            CallerSigner::new(self.node.mesh_key.clone(), caller.clone()),
+        )
     }
 
     /// An HTTP client of the gateway.

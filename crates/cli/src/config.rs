@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use carnet_consent::ConsentConfig;
 use carnet_contacts::ContactsConfig;
 use carnet_gateway::GatewayConfig;
 use carnet_kit::config::{ConfigError, GrpcConfig, MeshConfig, NodeConfig, Validate};
@@ -21,6 +22,7 @@ pub struct CarnetConfig {
     pub telemetry: TelemetryConfig,
     pub mesh: MeshConfig,
     pub contacts: ContactsConfig,
+    pub consent: ConsentConfig,
     pub gateway: GatewayConfig,
 }
 
@@ -29,6 +31,7 @@ impl Validate for CarnetConfig {
         self.grpc.validate()?;
         self.telemetry.validate()?;
         self.contacts.validate()?;
+        self.consent.validate()?;
         self.gateway.validate()?;
         if self.node.data_dir.trim().is_empty() {
             return Err(ConfigError("node.data_dir must not be empty".into()));

@@ -9,10 +9,12 @@ use anyhow::{Context as _, bail};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use carnet_consent::{ConsentGrpc, ConsentStore};
 use carnet_contacts::{ContactStore, ContactsGrpc};
 use carnet_kit::db::{self, Db};
 use carnet_kit::{CallerInterceptor, MeshKey};
 use carnet_migrations::MigratorTrait;
+use carnet_proto::consent::v1::consent_service_server::ConsentServiceServer;
 use carnet_proto::contacts::v1::contacts_service_server::ContactsServiceServer;
 
 use crate::config::CarnetConfig;
@@ -120,6 +122,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 pub fn database_url(cfg: &CarnetConfig, target: Target) -> anyhow::Result<(String, u32)> {
     let (url, max) = match target {
         Target::Contacts => (&cfg.contacts.database_url, cfg.contacts.max_connections),
+        Target::Consent => (&cfg.consent.database_url, cfg.consent.max_connections),
         Target::Gateway => (&cfg.gateway.database_url, cfg.gateway.max_connections),
     };
     if !url.is_empty() {
@@ -135,6 +138,7 @@ pub async fn open_database(cfg: &CarnetConfig, target: Target, apply: bool) -> a
     let db = db::connect(&url, max).await.with_context(|| format!("failed to connect to the {target} database"))?;
     match target {
         Target::Contacts => migrate::<carnet_migrations::contacts::Migrator>(&db, target, apply).await?,
+        Target::Consent => migrate::<carnet_migrations::consent::Migrator>(&db, target, apply).await?,
         Target::Gateway => migrate::<carnet_migrations::gateway::Migrator>(&db, target, apply).await?,
     }
     Ok(db)
@@ -163,18 +167,7 @@ async fn start_gateway(
     mesh_key: MeshKey,
     db: Db,
 ) -> anyhow::Result<(SocketAddr, oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)> {
-    let endpoint = if cfg.gateway.contacts_endpoint.is_empty() {
-        if !runs_contacts {
-            bail!("gateway.contacts_endpoint is required when the gateway runs without the contacts target");
-        }
-        format!("http://{grpc_addr}")
-    } else {
-        cfg.gateway.contacts_endpoint.clone()
-    };
-    let channel = tonic::transport::Channel::from_shared(endpoint)
-        .context("gateway.contacts_endpoint is not a valid URL")?
-        .tcp_nodelay(true)
-        .connect_lazy();
+    let channel = peer_channel(&cfg.gateway.contacts_endpoint, runs_contacts, grpc_addr, "gateway.contacts_endpoint")?;
     let jwt_opt = carnet_gateway::jwt::JwtVerifier::from_config(&cfg.gateway.oidc)
         .await
         .context("failed to load the OIDC keys")?;
@@ -198,6 +191,29 @@ async fn start_gateway(
             .await
     });
     Ok((http_addr, tx, task))
+}
+
+/// Returns a lazily connected channel to another target: `endpoint` when configured, else this
+/// process's own gRPC listener when it runs that target (monolith mode, or several targets in
+/// one process).
+fn peer_channel(
+    endpoint: &str,
+    runs_locally: bool,
+    grpc_addr: SocketAddr,
+    key: &str,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let uri = if endpoint.is_empty() {
+        if !runs_locally {
+            bail!("{key} is required when this process does not run that target");
+        }
+        format!("http://{grpc_addr}")
+    } else {
+        endpoint.to_string()
+    };
+    Ok(tonic::transport::Channel::from_shared(uri)
+        .with_context(|| format!("{key} is not a valid URL"))?
+        .tcp_nodelay(true)
+        .connect_lazy())
 }
 
 /// Returns the span of one incoming call, named and attributed after the OpenTelemetry RPC
@@ -237,6 +253,10 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
             span
         });
     let mut router = server.add_service(health_service).add_service(reflection);
+    // Bound first: services of this process that call each other dial this address.
+    let addr: SocketAddr = cfg.grpc.listen_addr.parse().context("grpc.listen_addr")?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("failed to bind {addr}"))?;
+    let grpc_addr = listener.local_addr()?;
     let mut dbs = Vec::new();
     let mut gateway_db_opt = None;
     let mut sorted = targets.to_vec();
@@ -254,13 +274,26 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
                     .set_service_status("carnet.contacts.v1.ContactsService", tonic_health::ServingStatus::Serving)
                     .await;
             }
+            Target::Consent => {
+                let contacts = peer_channel(
+                    &cfg.consent.contacts_endpoint,
+                    sorted.contains(&Target::Contacts),
+                    grpc_addr,
+                    "consent.contacts_endpoint",
+                )?;
+                let store = ConsentStore::new(db.clone(), mesh_key.derive("consent-ip-hash"));
+                let grpc = ConsentGrpc::new(store, contacts, mesh_key.clone());
+                let svc = ConsentServiceServer::new(grpc).max_decoding_message_size(cfg.grpc.max_message_bytes);
+                router =
+                    router.add_service(tonic::service::interceptor::InterceptedService::new(svc, interceptor.clone()));
+                health_reporter
+                    .set_service_status("carnet.consent.v1.ConsentService", tonic_health::ServingStatus::Serving)
+                    .await;
+            }
             Target::Gateway => gateway_db_opt = Some(db.clone()),
         }
         dbs.push(db);
     }
-    let addr: SocketAddr = cfg.grpc.listen_addr.parse().context("grpc.listen_addr")?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("failed to bind {addr}"))?;
-    let grpc_addr = listener.local_addr()?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {

@@ -7,15 +7,17 @@ use std::str::FromStr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {
     Contacts,
+    Consent,
     Gateway,
 }
 
 impl Target {
-    pub const ALL: [Target; 2] = [Target::Contacts, Target::Gateway];
+    pub const ALL: [Target; 3] = [Target::Contacts, Target::Consent, Target::Gateway];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Target::Contacts => "contacts",
+            Target::Consent => "consent",
             Target::Gateway => "gateway",
         }
     }

@@ -207,6 +207,15 @@ impl MeshKey {
         }
     }
 
+    /// Returns a key derived for one use (`label`), so one configured secret serves several
+    /// purposes without one use revealing another's key.
+    pub fn derive(&self, label: &str) -> Vec<u8> {
+        let mut mac = self.mac();
+        mac.update(b"carnet-derive:");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
     pub fn to_hex(&self) -> String {
         hex::encode(self.0.as_slice())
     }

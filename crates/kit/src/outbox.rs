@@ -39,6 +39,7 @@ pub fn kind_of(payload: &Payload) -> &'static str {
         Payload::ContactUpserted(_) => "contact.upserted",
         Payload::ContactErased(_) => "contact.erased",
         Payload::ContactMerged(_) => "contact.merged",
+        Payload::ConsentChanged(_) => "consent.changed",
         Payload::ErasureRequested(_) => "erasure.requested",
         Payload::ErasureConfirmed(_) => "erasure.confirmed",
     }

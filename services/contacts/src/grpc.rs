@@ -158,6 +158,37 @@ impl ContactsService for ContactsGrpc {
         self.set_flag(request, FlagKind::Objection).await
     }
 
+    async fn get_subject_flags(
+        &self,
+        request: Request<pb::GetSubjectFlagsRequest>,
+    ) -> Result<Response<pb::GetSubjectFlagsResponse>, Status> {
+        let caller = caller(&request, Permission::ContactsRead)?;
+        let req = request.into_inner();
+        if req.ids.len() > crate::store::MAX_FLAG_IDS {
+            return Err(
+                ServiceError::invalid_field("ids", format!("at most {} ids", crate::store::MAX_FLAG_IDS)).into()
+            );
+        }
+        let ids = req
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| parse_id(&format!("ids[{i}]"), id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let found = self.store.subject_flags(caller.tenant_id, &ids).await?;
+        let flags = ids
+            .iter()
+            .map(|id| {
+                let (exists, (restricted, objected)) = match found.get(id) {
+                    Some(f) => (true, *f),
+                    None => (false, (false, false)),
+                };
+                pb::SubjectFlags { id: id.to_string(), exists, restricted, objected }
+            })
+            .collect();
+        Ok(Response::new(pb::GetSubjectFlagsResponse { flags }))
+    }
+
     async fn export_subject(
         &self,
         request: Request<pb_common::ExportSubjectRequest>,

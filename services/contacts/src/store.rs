@@ -29,6 +29,9 @@ use crate::validate;
 /// Default and maximum page sizes of [`ContactStore::list`].
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 500;
+/// Most ids [`ContactStore::subject_flags`] accepts, and how many go into one query.
+pub const MAX_FLAG_IDS: usize = 10_000;
+const FLAGS_CHUNK: usize = 500;
 
 /// Maps a database error to `internal`, logging its kind (database messages name constraints,
 /// never values).
@@ -399,6 +402,28 @@ impl ContactStore {
         outbox::enqueue(&txn, tenant_id, Payload::ContactUpserted(event)).await.map_err(db_err)?;
         txn.commit().await.map_err(db_err)?;
         to_domain(model)
+    }
+
+    /// Returns (restricted, objected) of each of `ids` the tenant holds; absent ids are unknown.
+    pub async fn subject_flags(
+        &self,
+        tenant_id: Uuid,
+        ids: &[Uuid],
+    ) -> Result<std::collections::HashMap<Uuid, (bool, bool)>, ServiceError> {
+        let mut flags = std::collections::HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(FLAGS_CHUNK) {
+            let rows: Vec<(Uuid, bool, bool)> = contact::Entity::find()
+                .select_only()
+                .columns([contact::Column::Id, contact::Column::Restricted, contact::Column::Objected])
+                .filter(contact::Column::TenantId.eq(tenant_id))
+                .filter(contact::Column::Id.is_in(chunk.iter().copied()))
+                .into_tuple()
+                .all(&self.db.read)
+                .await
+                .map_err(db_err)?;
+            flags.extend(rows.into_iter().map(|(id, r, o)| (id, (r, o))));
+        }
+        Ok(flags)
     }
 
     /// Returns the change history of a contact, oldest first.

@@ -1,0 +1,377 @@
+//! The tonic handlers of `carnet.consent.v1.ConsentService`.
+
+use std::collections::HashMap;
+
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use carnet_kit::grpc::{from_timestamp, parse_id, to_timestamp};
+use carnet_kit::{Caller, CallerSigner, ErrorCode, MeshKey, Permission, ServiceError};
+use carnet_proto::common::v1 as pb_common;
+use carnet_proto::consent::v1 as pb;
+use carnet_proto::consent::v1::consent_service_server::ConsentService;
+use carnet_proto::contacts::v1::GetSubjectFlagsRequest;
+use carnet_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
+
+use crate::domain::{
+    Action, ConsentSource, Decision, LawfulBasis, Notice, Purpose, Record, RecordInput, State, Status as ConsentStatus,
+    SubjectFlags,
+};
+use crate::store::ConsentStore;
+
+/// Most pairs one `CheckBatch` call may carry.
+pub const MAX_BATCH_CHECKS: usize = 50_000;
+/// Most ids one flags call to the contacts service carries.
+const FLAGS_PER_CALL: usize = 10_000;
+
+/// The gRPC face of the consent service.
+#[derive(Clone, Debug)]
+pub struct ConsentGrpc {
+    store: ConsentStore,
+    contacts: Channel,
+    mesh_key: MeshKey,
+}
+
+impl ConsentGrpc {
+    /// `contacts` reaches the contacts service, asked for restriction and objection flags as
+    /// `service:consent` with `contacts:read` in the caller's tenant.
+    pub fn new(store: ConsentStore, contacts: Channel, mesh_key: MeshKey) -> Self {
+        ConsentGrpc { store, contacts, mesh_key }
+    }
+
+    fn contacts_client(&self, caller: &Caller) -> ContactsServiceClient<InterceptedService<Channel, CallerSigner>> {
+        let mut service = Caller::new(caller.tenant_id, "service:consent", [Permission::ContactsRead]);
+        service.request_id = caller.request_id.clone();
+        ContactsServiceClient::with_interceptor(
+            self.contacts.clone(),
+            CallerSigner::new(self.mesh_key.clone(), service),
+        )
+    }
+
+    /// Asks the contacts service for the flags of `ids`.
+    async fn flags(&self, caller: &Caller, ids: &[Uuid]) -> Result<HashMap<Uuid, SubjectFlags>, ServiceError> {
+        let mut client = self.contacts_client(caller);
+        let mut flags = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(FLAGS_PER_CALL) {
+            let req = GetSubjectFlagsRequest { ids: chunk.iter().map(Uuid::to_string).collect() };
+            let answer = client.get_subject_flags(req).await.map_err(|status| {
+                let err = ServiceError::from_status(&status);
+                tracing::warn!(code = err.code.as_str(), "contacts flags lookup failed");
+                ServiceError::new(ErrorCode::Unavailable, "contacts service unavailable for the check")
+            })?;
+            for (id, f) in chunk.iter().zip(answer.into_inner().flags) {
+                flags.insert(*id, SubjectFlags { exists: f.exists, restricted: f.restricted, objected: f.objected });
+            }
+        }
+        Ok(flags)
+    }
+
+    async fn check_pairs(
+        &self,
+        caller: &Caller,
+        checks: Vec<pb::CheckRequest>,
+    ) -> Result<Vec<pb::CheckResult>, Status> {
+        let mut pairs = Vec::with_capacity(checks.len());
+        for (i, check) in checks.into_iter().enumerate() {
+            let contact = parse_id(&format!("checks[{i}].contact_id"), &check.contact_id)?;
+            pairs.push((contact, check.purpose));
+        }
+        let mut ids: Vec<Uuid> = pairs.iter().map(|(c, _)| *c).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let flags = self.flags(caller, &ids).await?;
+        let decisions = self.store.check_batch(caller.tenant_id, &pairs, &flags).await?;
+        Ok(pairs.into_iter().zip(decisions).map(|((c, p), d)| check_result(c, p, d)).collect())
+    }
+}
+
+fn caller<T>(request: &Request<T>, permissions: &[Permission]) -> Result<Caller, Status> {
+    let caller = Caller::of(request)?;
+    caller.require_any(permissions)?;
+    Ok(caller)
+}
+
+fn basis_from_proto(value: i32) -> Option<LawfulBasis> {
+    use pb::LawfulBasis as P;
+    Some(match P::try_from(value).ok()? {
+        P::Unspecified => return None,
+        P::Consent => LawfulBasis::Consent,
+        P::Contract => LawfulBasis::Contract,
+        P::LegalObligation => LawfulBasis::LegalObligation,
+        P::VitalInterests => LawfulBasis::VitalInterests,
+        P::PublicTask => LawfulBasis::PublicTask,
+        P::LegitimateInterests => LawfulBasis::LegitimateInterests,
+    })
+}
+
+fn basis_to_proto(basis: LawfulBasis) -> pb::LawfulBasis {
+    use pb::LawfulBasis as P;
+    match basis {
+        LawfulBasis::Consent => P::Consent,
+        LawfulBasis::Contract => P::Contract,
+        LawfulBasis::LegalObligation => P::LegalObligation,
+        LawfulBasis::VitalInterests => P::VitalInterests,
+        LawfulBasis::PublicTask => P::PublicTask,
+        LawfulBasis::LegitimateInterests => P::LegitimateInterests,
+    }
+}
+
+fn source_from_proto(value: i32) -> Option<ConsentSource> {
+    use pb::ConsentSource as P;
+    Some(match P::try_from(value).ok()? {
+        P::Unspecified => return None,
+        P::WebForm => ConsentSource::WebForm,
+        P::EmailOptin => ConsentSource::EmailOptin,
+        P::Phone => ConsentSource::Phone,
+        P::Api => ConsentSource::Api,
+        P::Import => ConsentSource::Import,
+    })
+}
+
+fn source_to_proto(source: ConsentSource) -> pb::ConsentSource {
+    use pb::ConsentSource as P;
+    match source {
+        ConsentSource::WebForm => P::WebForm,
+        ConsentSource::EmailOptin => P::EmailOptin,
+        ConsentSource::Phone => P::Phone,
+        ConsentSource::Api => P::Api,
+        ConsentSource::Import => P::Import,
+    }
+}
+
+fn status_to_proto(status: ConsentStatus) -> pb::ConsentStatus {
+    match status {
+        ConsentStatus::Granted => pb::ConsentStatus::Granted,
+        ConsentStatus::Pending => pb::ConsentStatus::Pending,
+        ConsentStatus::Withdrawn => pb::ConsentStatus::Withdrawn,
+    }
+}
+
+fn notice_to_proto(n: Notice) -> pb::NoticeVersion {
+    pb::NoticeVersion {
+        version: n.version as u32,
+        text: n.text,
+        sha256: n.sha256,
+        created_at: Some(to_timestamp(n.created_at)),
+        created_by: n.created_by,
+    }
+}
+
+fn purpose_to_proto(p: Purpose) -> pb::Purpose {
+    pb::Purpose {
+        key: p.key,
+        description: p.description,
+        lawful_basis: basis_to_proto(p.lawful_basis) as i32,
+        current_version: p.current_version as u32,
+        notices: p.notices.into_iter().map(notice_to_proto).collect(),
+        created_at: Some(to_timestamp(p.created_at)),
+    }
+}
+
+fn record_to_proto(r: Record) -> pb::ConsentRecord {
+    pb::ConsentRecord {
+        id: r.id.to_string(),
+        contact_id: r.contact_id.to_string(),
+        purpose: r.purpose,
+        action: match r.action {
+            Action::Grant => pb::ConsentAction::Grant,
+            Action::Withdraw => pb::ConsentAction::Withdraw,
+        } as i32,
+        status: status_to_proto(r.status) as i32,
+        lawful_basis: basis_to_proto(r.lawful_basis) as i32,
+        source: source_to_proto(r.source) as i32,
+        form_id: r.form_id.unwrap_or_default(),
+        notice_version: r.notice_version.unwrap_or_default() as u32,
+        notice_sha256: r.notice_sha256.unwrap_or_default(),
+        ip_hash: r.ip_hash.unwrap_or_default(),
+        user_agent: r.user_agent.unwrap_or_default(),
+        justification: r.justification.unwrap_or_default(),
+        actor: r.actor,
+        at: Some(to_timestamp(r.at)),
+    }
+}
+
+fn state_to_proto(s: State) -> pb::ConsentState {
+    pb::ConsentState {
+        purpose: s.purpose,
+        status: status_to_proto(s.status) as i32,
+        lawful_basis: basis_to_proto(s.lawful_basis) as i32,
+        notice_version: s.notice_version.unwrap_or_default() as u32,
+        since: Some(to_timestamp(s.since)),
+    }
+}
+
+fn check_result(contact: Uuid, purpose: String, d: Decision) -> pb::CheckResult {
+    pb::CheckResult {
+        contact_id: contact.to_string(),
+        purpose,
+        allowed: d.allowed,
+        reason: d.reason.to_string(),
+        lawful_basis: d.lawful_basis_opt.map_or(0, |b| basis_to_proto(b) as i32),
+        notice_version: d.notice_version_opt.unwrap_or_default() as u32,
+        since: d.since_opt.map(to_timestamp),
+    }
+}
+
+#[tonic::async_trait]
+impl ConsentService for ConsentGrpc {
+    async fn create_purpose(
+        &self,
+        request: Request<pb::CreatePurposeRequest>,
+    ) -> Result<Response<pb::Purpose>, Status> {
+        let caller = caller(&request, &[Permission::ConsentManage])?;
+        let req = request.into_inner();
+        let basis = basis_from_proto(req.lawful_basis).ok_or_else(|| {
+            ServiceError::invalid_field(
+                "lawful_basis",
+                "is required: consent, contract, legal_obligation, vital_interests, public_task or legitimate_interests",
+            )
+        })?;
+        let purpose = self
+            .store
+            .create_purpose(caller.tenant_id, &caller.principal, &req.key, &req.description, basis, &req.notice)
+            .await?;
+        tracing::info!(tenant_id = %caller.tenant_id, purpose = %purpose.key, "purpose created");
+        Ok(Response::new(purpose_to_proto(purpose)))
+    }
+
+    async fn list_purposes(
+        &self,
+        request: Request<pb::ListPurposesRequest>,
+    ) -> Result<Response<pb::ListPurposesResponse>, Status> {
+        let caller = caller(&request, &[Permission::ContactsRead, Permission::ConsentManage])?;
+        let purposes = self.store.purposes(caller.tenant_id).await?;
+        Ok(Response::new(pb::ListPurposesResponse { purposes: purposes.into_iter().map(purpose_to_proto).collect() }))
+    }
+
+    async fn get_purpose(&self, request: Request<pb::GetPurposeRequest>) -> Result<Response<pb::Purpose>, Status> {
+        let caller = caller(&request, &[Permission::ContactsRead, Permission::ConsentManage])?;
+        let purpose = self.store.purpose(caller.tenant_id, &request.get_ref().key).await?;
+        Ok(Response::new(purpose_to_proto(purpose)))
+    }
+
+    async fn update_notice(&self, request: Request<pb::UpdateNoticeRequest>) -> Result<Response<pb::Purpose>, Status> {
+        let caller = caller(&request, &[Permission::ConsentManage])?;
+        let req = request.into_inner();
+        let purpose = self.store.update_notice(caller.tenant_id, &caller.principal, &req.key, &req.notice).await?;
+        tracing::info!(tenant_id = %caller.tenant_id, purpose = %purpose.key, version = purpose.current_version, "notice updated");
+        Ok(Response::new(purpose_to_proto(purpose)))
+    }
+
+    async fn record_consent(
+        &self,
+        request: Request<pb::RecordConsentRequest>,
+    ) -> Result<Response<pb::ConsentRecord>, Status> {
+        let caller = caller(&request, &[Permission::ConsentManage])?;
+        let req = request.into_inner();
+        let contact_id = parse_id("contact_id", &req.contact_id)?;
+        let action = match pb::ConsentAction::try_from(req.action).unwrap_or(pb::ConsentAction::Unspecified) {
+            pb::ConsentAction::Grant => Action::Grant,
+            pb::ConsentAction::Withdraw => Action::Withdraw,
+            pb::ConsentAction::Unspecified => {
+                return Err(ServiceError::invalid_field("action", "is required: grant or withdraw").into());
+            }
+        };
+        let source = source_from_proto(req.source).ok_or_else(|| {
+            ServiceError::invalid_field("source", "is required: web_form, email_optin, phone, api or import")
+        })?;
+        let lawful_basis_opt = match req.lawful_basis {
+            0 => None,
+            v => Some(
+                basis_from_proto(v)
+                    .ok_or_else(|| ServiceError::invalid_field("lawful_basis", "is not a lawful basis"))?,
+            ),
+        };
+        let evidence = req.evidence.unwrap_or_default();
+        let at_opt = evidence.at.as_ref().map(|t| from_timestamp("evidence.at", t)).transpose()?;
+        let flags = self.flags(&caller, &[contact_id]).await?;
+        if !flags.get(&contact_id).is_some_and(|f| f.exists) {
+            return Err(ServiceError::not_found("contact", contact_id).with_field("contact_id").into());
+        }
+        let input = RecordInput {
+            contact_id,
+            purpose: req.purpose,
+            action,
+            lawful_basis_opt,
+            source,
+            form_id_opt: Some(evidence.form_id),
+            notice_version_opt: (evidence.notice_version > 0).then_some(evidence.notice_version as i32),
+            at_opt,
+            ip_opt: Some(evidence.ip),
+            user_agent_opt: Some(evidence.user_agent),
+            justification_opt: Some(evidence.justification),
+            require_confirmation: req.require_confirmation,
+        };
+        let record = self.store.record(caller.tenant_id, &caller.principal, input).await?;
+        tracing::info!(tenant_id = %caller.tenant_id, contact_id = %contact_id, purpose = %record.purpose, status = record.status.as_str(), "consent recorded");
+        Ok(Response::new(record_to_proto(record)))
+    }
+
+    async fn get_contact_consents(
+        &self,
+        request: Request<pb::GetContactConsentsRequest>,
+    ) -> Result<Response<pb::GetContactConsentsResponse>, Status> {
+        let caller = caller(&request, &[Permission::ContactsRead])?;
+        let contact_id = parse_id("contact_id", &request.get_ref().contact_id)?;
+        let (states, records) = self.store.contact_consents(caller.tenant_id, contact_id).await?;
+        Ok(Response::new(pb::GetContactConsentsResponse {
+            current: states.into_iter().map(state_to_proto).collect(),
+            history: records.into_iter().map(record_to_proto).collect(),
+        }))
+    }
+
+    async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResult>, Status> {
+        let caller = caller(&request, &[Permission::ContactsRead, Permission::ConsentManage, Permission::CommsSend])?;
+        let check = request.into_inner();
+        let id = parse_id("contact_id", &check.contact_id)?;
+        let mut results =
+            self.check_pairs(&caller, vec![pb::CheckRequest { contact_id: id.to_string(), ..check }]).await?;
+        Ok(Response::new(results.remove(0)))
+    }
+
+    async fn check_batch(
+        &self,
+        request: Request<pb::CheckBatchRequest>,
+    ) -> Result<Response<pb::CheckBatchResponse>, Status> {
+        let caller = caller(&request, &[Permission::ContactsRead, Permission::ConsentManage, Permission::CommsSend])?;
+        let checks = request.into_inner().checks;
+        if checks.len() > MAX_BATCH_CHECKS {
+            return Err(
+                ServiceError::invalid_field("checks", format!("at most {MAX_BATCH_CHECKS} pairs per call")).into()
+            );
+        }
+        let results = self.check_pairs(&caller, checks).await?;
+        Ok(Response::new(pb::CheckBatchResponse { results }))
+    }
+
+    async fn export_subject(
+        &self,
+        request: Request<pb_common::ExportSubjectRequest>,
+    ) -> Result<Response<pb_common::ExportSubjectResponse>, Status> {
+        let caller = caller(&request, &[Permission::ContactsExport, Permission::DsarManage])?;
+        let id = parse_id("subject_id", &request.get_ref().subject_id)?;
+        let (doc, count) = self.store.export_subject(caller.tenant_id, id).await?;
+        Ok(Response::new(pb_common::ExportSubjectResponse {
+            service: crate::SERVICE_NAME.to_string(),
+            schema_version: crate::EXPORT_SCHEMA_VERSION,
+            document_json: serde_json::to_vec(&doc).map_err(|_| ServiceError::internal("export serialisation"))?,
+            record_count: count,
+        }))
+    }
+
+    async fn erase_subject(
+        &self,
+        request: Request<pb_common::EraseSubjectRequest>,
+    ) -> Result<Response<pb_common::EraseSubjectResponse>, Status> {
+        let caller = caller(&request, &[Permission::DsarManage])?;
+        let id = parse_id("subject_id", &request.get_ref().subject_id)?;
+        let (records, states) = self.store.erase_subject(caller.tenant_id, id).await?;
+        tracing::info!(tenant_id = %caller.tenant_id, contact_id = %id, records, states, "consent data erased");
+        Ok(Response::new(pb_common::EraseSubjectResponse {
+            service: crate::SERVICE_NAME.to_string(),
+            removed: [("consent_records".to_string(), records), ("consent_states".to_string(), states)].into(),
+        }))
+    }
+}

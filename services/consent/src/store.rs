@@ -1,0 +1,517 @@
+//! The consent store: purposes and notice versions, the append-only ledger, and the current
+//! state per contact and purpose, updated in the same transaction as each ledger row (with the
+//! `consent.changed` event in the outbox).
+
+use std::collections::HashMap;
+
+use hmac::{Hmac, Mac};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, Set};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use carnet_kit::db::Db;
+use carnet_kit::{ErrorCode, ServiceError, outbox};
+use carnet_proto::events::v1::{ConsentChanged, event::Payload};
+
+use crate::domain::{
+    Action, ConsentSource, Decision, LawfulBasis, Notice, Purpose, Record, RecordInput, State, Status, SubjectFlags,
+    decide,
+};
+use crate::entity::{notice_version, purpose, record, state};
+
+/// Longest notice text, in characters.
+pub const MAX_NOTICE_CHARS: usize = 20_000;
+/// Contacts per query when loading states for a batch check.
+const STATE_CHUNK: usize = 500;
+
+fn db_err(err: DbErr) -> ServiceError {
+    tracing::error!(error = %err, "consent database error");
+    ServiceError::internal("database error")
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+fn valid_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && key.len() <= 63
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn check_notice(notice: &str) -> Result<String, ServiceError> {
+    let text = notice.trim();
+    if text.is_empty() {
+        return Err(ServiceError::invalid_field("notice", "is required: the text shown to the person"));
+    }
+    if text.chars().count() > MAX_NOTICE_CHARS {
+        return Err(ServiceError::invalid_field("notice", format!("is longer than {MAX_NOTICE_CHARS} characters")));
+    }
+    Ok(text.to_string())
+}
+
+#[derive(Clone, Debug)]
+pub struct ConsentStore {
+    db: Db,
+    /// Keys the hash of client addresses kept as evidence.
+    ip_key: std::sync::Arc<Vec<u8>>,
+}
+
+impl ConsentStore {
+    /// `ip_key` keys the hash under which client addresses are kept (never in clear).
+    pub fn new(db: Db, ip_key: Vec<u8>) -> Self {
+        ConsentStore { db, ip_key: std::sync::Arc::new(ip_key) }
+    }
+
+    fn ip_hash(&self, tenant_id: Uuid, ip: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.ip_key).expect("hmac takes keys of any length");
+        mac.update(tenant_id.as_bytes());
+        mac.update(ip.trim().as_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+
+    /// Creates a purpose with version 1 of its notice text.
+    pub async fn create_purpose(
+        &self,
+        tenant_id: Uuid,
+        actor: &str,
+        key: &str,
+        description: &str,
+        basis: LawfulBasis,
+        notice: &str,
+    ) -> Result<Purpose, ServiceError> {
+        if !valid_key(key) {
+            return Err(ServiceError::invalid_field(
+                "key",
+                "must be lower-case letters, digits and _, starting with a letter (at most 63)",
+            ));
+        }
+        let notice = check_notice(notice)?;
+        let description = description.trim();
+        if description.chars().count() > 1000 {
+            return Err(ServiceError::invalid_field("description", "is longer than 1000 characters"));
+        }
+        let txn = self.db.begin_write().await.map_err(db_err)?;
+        if find_purpose(&txn, tenant_id, key).await?.is_some() {
+            return Err(ServiceError::new(ErrorCode::AlreadyExists, format!("key: purpose {key} already exists"))
+                .with_field("key"));
+        }
+        let now = carnet_kit::db::now();
+        purpose::Entity::insert(purpose::ActiveModel {
+            tenant_id: Set(tenant_id),
+            key: Set(key.to_string()),
+            description: Set(description.to_string()),
+            lawful_basis: Set(basis.as_str().to_string()),
+            current_version: Set(1),
+            created_at: Set(now),
+        })
+        .exec_without_returning(&txn)
+        .await
+        .map_err(db_err)?;
+        insert_notice(&txn, tenant_id, key, 1, &notice, actor).await?;
+        txn.commit().await.map_err(db_err)?;
+        self.purpose(tenant_id, key).await
+    }
+
+    /// Stores a new version of the notice text (the same text again changes nothing).
+    pub async fn update_notice(
+        &self,
+        tenant_id: Uuid,
+        actor: &str,
+        key: &str,
+        notice: &str,
+    ) -> Result<Purpose, ServiceError> {
+        let notice = check_notice(notice)?;
+        let txn = self.db.begin_write().await.map_err(db_err)?;
+        let row = find_purpose(&txn, tenant_id, key).await?.ok_or_else(|| unknown_purpose("key", key))?;
+        let current = load_notice(&txn, tenant_id, key, row.current_version).await?;
+        if current.sha256 != sha256_hex(&notice) {
+            let version = row.current_version + 1;
+            insert_notice(&txn, tenant_id, key, version, &notice, actor).await?;
+            let mut model: purpose::ActiveModel = row.into();
+            model.current_version = Set(version);
+            sea_orm::ActiveModelTrait::update(model, &txn).await.map_err(db_err)?;
+        }
+        txn.commit().await.map_err(db_err)?;
+        self.purpose(tenant_id, key).await
+    }
+
+    /// Returns a purpose with every version of its notice, oldest first.
+    pub async fn purpose(&self, tenant_id: Uuid, key: &str) -> Result<Purpose, ServiceError> {
+        let row = find_purpose(&self.db.read, tenant_id, key).await?.ok_or_else(|| unknown_purpose("key", key))?;
+        let notices = notice_version::Entity::find()
+            .filter(notice_version::Column::TenantId.eq(tenant_id))
+            .filter(notice_version::Column::PurposeKey.eq(key))
+            .order_by_asc(notice_version::Column::Version)
+            .all(&self.db.read)
+            .await
+            .map_err(db_err)?;
+        to_purpose(row, notices.into_iter().map(to_notice).collect())
+    }
+
+    /// Lists the tenant's purposes, each with its current notice.
+    pub async fn purposes(&self, tenant_id: Uuid) -> Result<Vec<Purpose>, ServiceError> {
+        let rows = purpose::Entity::find()
+            .filter(purpose::Column::TenantId.eq(tenant_id))
+            .order_by_asc(purpose::Column::Key)
+            .all(&self.db.read)
+            .await
+            .map_err(db_err)?;
+        let mut purposes = Vec::with_capacity(rows.len());
+        for row in rows {
+            let notice = load_notice(&self.db.read, tenant_id, &row.key, row.current_version).await?;
+            purposes.push(to_purpose(row, vec![notice])?);
+        }
+        Ok(purposes)
+    }
+
+    /// Appends a grant or withdrawal to the ledger and updates the current state. The caller has
+    /// checked that the contact exists.
+    pub async fn record(&self, tenant_id: Uuid, actor: &str, input: RecordInput) -> Result<Record, ServiceError> {
+        let txn = self.db.begin_write().await.map_err(db_err)?;
+        let purpose_row = find_purpose(&txn, tenant_id, &input.purpose)
+            .await?
+            .ok_or_else(|| unknown_purpose("purpose", &input.purpose))?;
+        let purpose_basis = parse_basis(&purpose_row.lawful_basis)?;
+        let current = find_state(&txn, tenant_id, input.contact_id, &input.purpose).await?;
+        let justification = input.justification_opt.as_deref().map(str::trim).filter(|j| !j.is_empty());
+        if justification.is_some_and(|j| j.chars().count() > 2000) {
+            return Err(ServiceError::invalid_field("evidence.justification", "is longer than 2000 characters"));
+        }
+        let (basis, status, notice) = match input.action {
+            Action::Grant => {
+                let basis = input.lawful_basis_opt.unwrap_or(purpose_basis);
+                if basis != LawfulBasis::Consent && justification.is_none() {
+                    return Err(ServiceError::invalid_field(
+                        "evidence.justification",
+                        format!("is required for lawful basis {}", basis.as_str()),
+                    ));
+                }
+                if input.require_confirmation && basis != LawfulBasis::Consent {
+                    return Err(ServiceError::invalid_field("require_confirmation", "applies to consent only"));
+                }
+                let version = input.notice_version_opt.unwrap_or(purpose_row.current_version);
+                if version < 1 || version > purpose_row.current_version {
+                    return Err(ServiceError::invalid_field(
+                        "evidence.notice_version",
+                        format!("purpose {} has notice versions 1 to {}", input.purpose, purpose_row.current_version),
+                    ));
+                }
+                let notice = load_notice(&txn, tenant_id, &input.purpose, version).await?;
+                let status = if input.require_confirmation { Status::Pending } else { Status::Granted };
+                (basis, status, Some(notice))
+            }
+            Action::Withdraw => {
+                let basis = current.as_ref().map_or(Ok(purpose_basis), |s| parse_basis(&s.lawful_basis))?;
+                (basis, Status::Withdrawn, None)
+            }
+        };
+        let now = carnet_kit::db::now();
+        let at = input.at_opt.map(carnet_kit::db::truncate).unwrap_or(now);
+        if at > now + chrono::Duration::minutes(5) {
+            return Err(ServiceError::invalid_field("evidence.at", "is in the future"));
+        }
+        let trimmed = |s: &Option<String>, max: usize| {
+            s.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(|v| v.chars().take(max).collect::<String>())
+        };
+        let row = record::Model {
+            id: Uuid::now_v7(),
+            tenant_id,
+            contact_id: input.contact_id,
+            purpose_key: input.purpose.clone(),
+            action: input.action.as_str().to_string(),
+            status: status.as_str().to_string(),
+            lawful_basis: basis.as_str().to_string(),
+            source: input.source.as_str().to_string(),
+            form_id: trimmed(&input.form_id_opt, 100),
+            notice_version: notice.as_ref().map(|n| n.version),
+            notice_sha256: notice.as_ref().map(|n| n.sha256.clone()),
+            ip_hash: input.ip_opt.as_deref().filter(|ip| !ip.trim().is_empty()).map(|ip| self.ip_hash(tenant_id, ip)),
+            user_agent: trimmed(&input.user_agent_opt, 512),
+            justification: justification.map(str::to_owned),
+            actor: actor.to_string(),
+            at,
+        };
+        record::Entity::insert(sea_orm::IntoActiveModel::into_active_model(row.clone()))
+            .exec_without_returning(&txn)
+            .await
+            .map_err(db_err)?;
+        let new_state = state::ActiveModel {
+            tenant_id: Set(tenant_id),
+            contact_id: Set(input.contact_id),
+            purpose_key: Set(input.purpose.clone()),
+            status: Set(status.as_str().to_string()),
+            lawful_basis: Set(basis.as_str().to_string()),
+            notice_version: Set(row.notice_version.or(current.as_ref().and_then(|s| s.notice_version))),
+            record_id: Set(row.id),
+            since: Set(at),
+        };
+        state::Entity::insert(new_state)
+            .on_conflict(
+                OnConflict::columns([state::Column::TenantId, state::Column::ContactId, state::Column::PurposeKey])
+                    .update_columns([
+                        state::Column::Status,
+                        state::Column::LawfulBasis,
+                        state::Column::NoticeVersion,
+                        state::Column::RecordId,
+                        state::Column::Since,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(&txn)
+            .await
+            .map_err(db_err)?;
+        let event = ConsentChanged {
+            contact_id: input.contact_id.to_string(),
+            purpose: input.purpose.clone(),
+            status: status.as_str().to_string(),
+            record_id: row.id.to_string(),
+        };
+        outbox::enqueue(&txn, tenant_id, Payload::ConsentChanged(event)).await.map_err(db_err)?;
+        txn.commit().await.map_err(db_err)?;
+        to_record(row)
+    }
+
+    /// Returns the current states and the ledger of one contact, oldest first.
+    pub async fn contact_consents(
+        &self,
+        tenant_id: Uuid,
+        contact_id: Uuid,
+    ) -> Result<(Vec<State>, Vec<Record>), ServiceError> {
+        let states = state::Entity::find()
+            .filter(state::Column::TenantId.eq(tenant_id))
+            .filter(state::Column::ContactId.eq(contact_id))
+            .order_by_asc(state::Column::PurposeKey)
+            .all(&self.db.read)
+            .await
+            .map_err(db_err)?;
+        let records = record::Entity::find()
+            .filter(record::Column::TenantId.eq(tenant_id))
+            .filter(record::Column::ContactId.eq(contact_id))
+            .order_by_asc(record::Column::Id)
+            .all(&self.db.read)
+            .await
+            .map_err(db_err)?;
+        Ok((
+            states.into_iter().map(to_state).collect::<Result<_, _>>()?,
+            records.into_iter().map(to_record).collect::<Result<_, _>>()?,
+        ))
+    }
+
+    /// Decides many (contact, purpose) checks with one read of the tenant's purposes and one
+    /// read of the states per 500 contacts. `flags` comes from the contacts service.
+    pub async fn check_batch(
+        &self,
+        tenant_id: Uuid,
+        pairs: &[(Uuid, String)],
+        flags: &HashMap<Uuid, SubjectFlags>,
+    ) -> Result<Vec<Decision>, ServiceError> {
+        let purposes: HashMap<String, Purpose> = purpose::Entity::find()
+            .filter(purpose::Column::TenantId.eq(tenant_id))
+            .all(&self.db.read)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(|row| Ok((row.key.clone(), to_purpose(row, Vec::new())?)))
+            .collect::<Result<_, ServiceError>>()?;
+        let mut contacts: Vec<Uuid> = pairs.iter().map(|(c, _)| *c).collect();
+        contacts.sort_unstable();
+        contacts.dedup();
+        let mut states: HashMap<(Uuid, String), State> = HashMap::with_capacity(pairs.len());
+        for chunk in contacts.chunks(STATE_CHUNK) {
+            let rows = state::Entity::find()
+                .filter(state::Column::TenantId.eq(tenant_id))
+                .filter(state::Column::ContactId.is_in(chunk.iter().copied()))
+                .all(&self.db.read)
+                .await
+                .map_err(db_err)?;
+            for row in rows {
+                let contact_id = row.contact_id;
+                let state = to_state(row)?;
+                states.insert((contact_id, state.purpose.clone()), state);
+            }
+        }
+        Ok(pairs
+            .iter()
+            .map(|(contact, key)| {
+                let flags = flags.get(contact).copied().unwrap_or_default();
+                decide(purposes.get(key), flags, states.get(&(*contact, key.clone())))
+            })
+            .collect())
+    }
+
+    /// Returns everything the service holds about one subject, and the number of records.
+    pub async fn export_subject(
+        &self,
+        tenant_id: Uuid,
+        contact_id: Uuid,
+    ) -> Result<(serde_json::Value, u64), ServiceError> {
+        let (states, records) = self.contact_consents(tenant_id, contact_id).await?;
+        let count = (states.len() + records.len()) as u64;
+        let doc = serde_json::json!({
+            "service": crate::SERVICE_NAME,
+            "schema_version": crate::EXPORT_SCHEMA_VERSION,
+            "exported_at": carnet_kit::db::now(),
+            "contact_id": contact_id,
+            "consents": states,
+            "ledger": records,
+        });
+        Ok((doc, count))
+    }
+
+    /// Erases a subject's ledger rows and states: they are deleted, not pseudonymised (see
+    /// docs/consent.md). Idempotent.
+    pub async fn erase_subject(&self, tenant_id: Uuid, contact_id: Uuid) -> Result<(u64, u64), ServiceError> {
+        let txn = self.db.begin_write().await.map_err(db_err)?;
+        let records = record::Entity::delete_many()
+            .filter(record::Column::TenantId.eq(tenant_id))
+            .filter(record::Column::ContactId.eq(contact_id))
+            .exec(&txn)
+            .await
+            .map_err(db_err)?
+            .rows_affected;
+        let states = state::Entity::delete_many()
+            .filter(state::Column::TenantId.eq(tenant_id))
+            .filter(state::Column::ContactId.eq(contact_id))
+            .exec(&txn)
+            .await
+            .map_err(db_err)?
+            .rows_affected;
+        txn.commit().await.map_err(db_err)?;
+        Ok((records, states))
+    }
+}
+
+fn unknown_purpose(field: &str, key: &str) -> ServiceError {
+    ServiceError::new(ErrorCode::NotFound, format!("{field}: purpose {key} not found")).with_field(field)
+}
+
+fn parse_basis(s: &str) -> Result<LawfulBasis, ServiceError> {
+    LawfulBasis::parse(s).ok_or_else(|| ServiceError::internal("stored lawful basis is unknown"))
+}
+
+async fn find_purpose<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: Uuid,
+    key: &str,
+) -> Result<Option<purpose::Model>, ServiceError> {
+    // `all`, not `one`: `one` adds `LIMIT ?`, which makes SQLite re-prepare the statement.
+    Ok(purpose::Entity::find()
+        .filter(purpose::Column::TenantId.eq(tenant_id))
+        .filter(purpose::Column::Key.eq(key))
+        .all(conn)
+        .await
+        .map_err(db_err)?
+        .pop())
+}
+
+async fn find_state<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: Uuid,
+    contact_id: Uuid,
+    key: &str,
+) -> Result<Option<state::Model>, ServiceError> {
+    Ok(state::Entity::find()
+        .filter(state::Column::TenantId.eq(tenant_id))
+        .filter(state::Column::ContactId.eq(contact_id))
+        .filter(state::Column::PurposeKey.eq(key))
+        .all(conn)
+        .await
+        .map_err(db_err)?
+        .pop())
+}
+
+async fn load_notice<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: Uuid,
+    key: &str,
+    version: i32,
+) -> Result<Notice, ServiceError> {
+    notice_version::Entity::find()
+        .filter(notice_version::Column::TenantId.eq(tenant_id))
+        .filter(notice_version::Column::PurposeKey.eq(key))
+        .filter(notice_version::Column::Version.eq(version))
+        .all(conn)
+        .await
+        .map_err(db_err)?
+        .pop()
+        .map(to_notice)
+        .ok_or_else(|| ServiceError::internal("notice version missing"))
+}
+
+async fn insert_notice<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: Uuid,
+    key: &str,
+    version: i32,
+    text: &str,
+    actor: &str,
+) -> Result<(), ServiceError> {
+    notice_version::Entity::insert(notice_version::ActiveModel {
+        tenant_id: Set(tenant_id),
+        purpose_key: Set(key.to_string()),
+        version: Set(version),
+        text: Set(text.to_string()),
+        sha256: Set(sha256_hex(text)),
+        created_by: Set(actor.to_string()),
+        created_at: Set(carnet_kit::db::now()),
+    })
+    .exec_without_returning(conn)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+fn to_notice(row: notice_version::Model) -> Notice {
+    Notice {
+        version: row.version,
+        text: row.text,
+        sha256: row.sha256,
+        created_by: row.created_by,
+        created_at: row.created_at,
+    }
+}
+
+fn to_purpose(row: purpose::Model, notices: Vec<Notice>) -> Result<Purpose, ServiceError> {
+    Ok(Purpose {
+        lawful_basis: parse_basis(&row.lawful_basis)?,
+        key: row.key,
+        description: row.description,
+        current_version: row.current_version,
+        created_at: row.created_at,
+        notices,
+    })
+}
+
+fn to_state(row: state::Model) -> Result<State, ServiceError> {
+    Ok(State {
+        purpose: row.purpose_key,
+        status: Status::parse(&row.status).ok_or_else(|| ServiceError::internal("stored status is unknown"))?,
+        lawful_basis: parse_basis(&row.lawful_basis)?,
+        notice_version: row.notice_version,
+        since: row.since,
+    })
+}
+
+fn to_record(row: record::Model) -> Result<Record, ServiceError> {
+    let unknown = || ServiceError::internal("stored consent record is unreadable");
+    Ok(Record {
+        id: row.id,
+        contact_id: row.contact_id,
+        action: Action::parse(&row.action).ok_or_else(unknown)?,
+        status: Status::parse(&row.status).ok_or_else(unknown)?,
+        lawful_basis: parse_basis(&row.lawful_basis)?,
+        source: ConsentSource::parse(&row.source).ok_or_else(unknown)?,
+        purpose: row.purpose_key,
+        form_id: row.form_id,
+        notice_version: row.notice_version,
+        notice_sha256: row.notice_sha256,
+        ip_hash: row.ip_hash,
+        user_agent: row.user_agent,
+        justification: row.justification,
+        actor: row.actor,
+        at: row.at,
+    })
+}
