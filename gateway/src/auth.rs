@@ -30,6 +30,11 @@ impl Auth {
     pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
         self.0.require(permission).map_err(ApiError::from)
     }
+
+    /// Fails with `permission_denied` unless the caller holds one of `permissions`.
+    pub fn require_any(&self, permissions: &[Permission]) -> Result<(), ApiError> {
+        self.0.require_any(permissions).map_err(ApiError::from)
+    }
 }
 
 fn unauthenticated(message: &str) -> ApiError {

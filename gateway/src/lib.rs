@@ -31,6 +31,7 @@ use tonic::transport::Channel;
 
 use carnet_kit::config::{ConfigError, Validate};
 use carnet_kit::{CallerSigner, ErrorCode, MeshKey};
+use carnet_proto::consent::v1::consent_service_client::ConsentServiceClient;
 use carnet_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
 
 use crate::auth::{Auth, RateLimiter, RequestId};
@@ -60,6 +61,8 @@ pub struct GatewayConfig {
     pub key_cache_ms: u64,
     /// The contacts service; empty in monolith mode (this process's own gRPC address).
     pub contacts_endpoint: String,
+    /// The consent service; empty in monolith mode.
+    pub consent_endpoint: String,
     pub oidc: jwt::OidcConfig,
 }
 
@@ -71,8 +74,12 @@ impl Validate for GatewayConfig {
         if self.max_body_bytes == 0 || self.request_timeout_ms == 0 {
             return Err(ConfigError("gateway.max_body_bytes and gateway.request_timeout_ms must be positive".into()));
         }
-        if !self.contacts_endpoint.is_empty() && !self.contacts_endpoint.starts_with("http") {
-            return Err(ConfigError("gateway.contacts_endpoint must be an http:// or https:// URL".into()));
+        for (key, endpoint) in
+            [("contacts_endpoint", &self.contacts_endpoint), ("consent_endpoint", &self.consent_endpoint)]
+        {
+            if !endpoint.is_empty() && !endpoint.starts_with("http") {
+                return Err(ConfigError(format!("gateway.{key} must be an http:// or https:// URL")));
+            }
         }
         self.oidc.validate().map_err(ConfigError)
     }
@@ -87,6 +94,14 @@ pub struct AppState {
     pub limiter: Arc<RateLimiter>,
     mesh_key: MeshKey,
     contacts: Channel,
+    consent: Channel,
+}
+
+/// Channels to the services the gateway fronts.
+#[derive(Clone, Debug)]
+pub struct Upstreams {
+    pub contacts: Channel,
+    pub consent: Channel,
 }
 
 impl AppState {
@@ -95,24 +110,31 @@ impl AppState {
         keys: KeyStore,
         jwt_opt: Option<jwt::JwtVerifier>,
         mesh_key: MeshKey,
-        contacts: Channel,
+        upstreams: Upstreams,
     ) -> Self {
         let limiter = Arc::new(RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst));
-        AppState { config: Arc::new(config), keys, jwt_opt, limiter, mesh_key, contacts }
+        let Upstreams { contacts, consent } = upstreams;
+        AppState { config: Arc::new(config), keys, jwt_opt, limiter, mesh_key, contacts, consent }
+    }
+
+    fn signer(&self, auth: &Auth) -> CallerSigner {
+        CallerSigner::new(self.mesh_key.clone(), auth.0.clone())
     }
 
     /// A contacts client signing `auth`'s caller into every call.
     pub fn contacts(&self, auth: &Auth) -> ContactsServiceClient<InterceptedService<Channel, CallerSigner>> {
-        ContactsServiceClient::with_interceptor(
-            self.contacts.clone(),
-            CallerSigner::new(self.mesh_key.clone(), auth.0.clone()),
-        )
+        ContactsServiceClient::with_interceptor(self.contacts.clone(), self.signer(auth))
+    }
+
+    /// A consent client signing `auth`'s caller into every call.
+    pub fn consent(&self, auth: &Auth) -> ConsentServiceClient<InterceptedService<Channel, CallerSigner>> {
+        ConsentServiceClient::with_interceptor(self.consent.clone(), self.signer(auth))
     }
 }
 
 /// Builds the HTTP router.
 pub fn router(state: AppState) -> Router {
-    use routes::{contacts, keys};
+    use routes::{consent, contacts, keys};
     // Bodies are read at most this far: a larger one is refused without being buffered whole.
     let body_limit = axum::extract::DefaultBodyLimit::max(state.config.max_body_bytes);
     Router::new()
@@ -130,6 +152,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/contacts/{id}/objection", put(contacts::put_objection))
         .route("/v1/contacts/{id}/history", get(contacts::get_history))
         .route("/v1/contacts/{id}/export", get(contacts::export_contact))
+        .route("/v1/contacts/{id}/consents", get(consent::contact_consents))
+        .route("/v1/purposes", post(consent::create_purpose).get(consent::list_purposes))
+        .route("/v1/purposes/{key}", get(consent::get_purpose))
+        .route("/v1/purposes/{key}/notice", put(consent::put_notice))
+        .route("/v1/consents", post(consent::record_consent))
+        .route("/v1/consents/check", post(consent::check))
         .route("/v1/api-keys", post(keys::create_key).get(keys::list_keys))
         .route("/v1/api-keys/{id}", axum::routing::delete(keys::revoke_key))
         .fallback(not_found)

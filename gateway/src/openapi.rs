@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::Problem;
-use crate::routes::{contacts, keys};
+use crate::routes::{consent, contacts, keys};
 
 struct BearerAuth;
 
@@ -40,6 +40,13 @@ impl Modify for BearerAuth {
         contacts::put_objection,
         contacts::get_history,
         contacts::export_contact,
+        consent::create_purpose,
+        consent::list_purposes,
+        consent::get_purpose,
+        consent::put_notice,
+        consent::record_consent,
+        consent::contact_consents,
+        consent::check,
         keys::create_key,
         keys::list_keys,
         keys::revoke_key,
@@ -47,7 +54,7 @@ impl Modify for BearerAuth {
     components(schemas(Problem)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "contacts", description = "Contacts, field policy, restriction, objection, export"), (name = "keys", description = "API keys of the caller's tenant"))
+    tags((name = "contacts", description = "Contacts, field policy, restriction, objection, export"), (name = "consent", description = "Purposes, notice versions, the consent ledger, checks"), (name = "keys", description = "API keys of the caller's tenant"))
 )]
 pub struct ApiDoc;
 

@@ -45,6 +45,12 @@ const ENDPOINTS: &[Endpoint] = &[
     Endpoint { method: "PUT", path: "/v1/contacts/{id}/objection", permission: Permission::ContactsWrite, ok: 200 },
     Endpoint { method: "GET", path: "/v1/contacts/{id}/history", permission: Permission::ContactsRead, ok: 200 },
     Endpoint { method: "GET", path: "/v1/contacts/{id}/export", permission: Permission::ContactsExport, ok: 200 },
+    Endpoint { method: "POST", path: "/v1/purposes", permission: Permission::ConsentManage, ok: 201 },
+    Endpoint { method: "GET", path: "/v1/purposes", permission: Permission::ContactsRead, ok: 200 },
+    Endpoint { method: "PUT", path: "/v1/purposes/{purpose}/notice", permission: Permission::ConsentManage, ok: 200 },
+    Endpoint { method: "POST", path: "/v1/consents", permission: Permission::ConsentManage, ok: 201 },
+    Endpoint { method: "GET", path: "/v1/contacts/{id}/consents", permission: Permission::ContactsRead, ok: 200 },
+    Endpoint { method: "POST", path: "/v1/consents/check", permission: Permission::ContactsRead, ok: 200 },
     Endpoint { method: "POST", path: "/v1/api-keys", permission: Permission::KeysManage, ok: 201 },
     Endpoint { method: "GET", path: "/v1/api-keys", permission: Permission::KeysManage, ok: 200 },
     Endpoint { method: "DELETE", path: "/v1/api-keys/{key}", permission: Permission::KeysManage, ok: 200 },
@@ -99,6 +105,8 @@ async fn test_every_role_against_every_endpoint() {
     let sb = Sandbox::monolith().await;
     let http = sb.http();
     let (tenant, owner) = sb.tenant("Matrix").await;
+    let purpose = json!({"key": "newsletter", "lawful_basis": "consent", "notice": "Monthly news by e-mail."});
+    assert_eq!(http.json("POST", "/v1/purposes", Some(&owner), Some(purpose)).await.status, 201);
     let mut n = 0;
     for role in Role::ALL {
         let key = sb.key(tenant, role).await;
@@ -107,7 +115,11 @@ async fn test_every_role_against_every_endpoint() {
             let id = create(&http, &owner, &format!("m{n}@example.org")).await;
             let other = create(&http, &owner, &format!("m{n}-dup@example.org")).await;
             let victim_key = sb.key_store().await.create_key(tenant, Role::ReadOnly, "victim", "test").await.unwrap().0;
-            let path = ep.path.replace("{id}", &id).replace("{key}", &victim_key.to_string());
+            let path = ep
+                .path
+                .replace("{id}", &id)
+                .replace("{key}", &victim_key.to_string())
+                .replace("{purpose}", "newsletter");
             let body = match (ep.method, ep.path) {
                 ("PUT", "/v1/field-policy") => Some(json!({"fields": [
                     {"key": "email", "type": "email", "category": "contact"},
@@ -117,8 +129,19 @@ async fn test_every_role_against_every_endpoint() {
                 ("POST", "/v1/contacts") => Some(contact_body(&format!("m{n}-new@example.org"))),
                 ("PATCH", _) => Some(json!({"last_name": "Lovelace", "reason": "matrix"})),
                 ("POST", "/v1/contacts/{id}/merge") => Some(json!({"other_id": other})),
-                ("PUT", _) => Some(json!({"active": true, "reason": "matrix"})),
+                ("PUT", p) if p.ends_with("restriction") || p.ends_with("objection") => {
+                    Some(json!({"active": true, "reason": "matrix"}))
+                }
                 ("POST", "/v1/api-keys") => Some(json!({"role": "read_only", "label": "matrix"})),
+                ("POST", "/v1/purposes") => {
+                    Some(json!({"key": format!("p{n}"), "lawful_basis": "consent", "notice": "Text."}))
+                }
+                ("PUT", "/v1/purposes/{purpose}/notice") => Some(json!({"notice": format!("Monthly news, take {n}.")})),
+                ("POST", "/v1/consents") => Some(json!({"contact_id": id, "purpose": "newsletter", "action": "grant",
+                    "source": "api", "evidence": {"ip": "198.51.100.4"}})),
+                ("POST", "/v1/consents/check") => {
+                    Some(json!({"checks": [{"contact_id": id, "purpose": "newsletter"}]}))
+                }
                 _ => None,
             };
             let before = http.json("GET", &format!("/v1/contacts/{id}"), Some(&owner), None).await.json;
@@ -303,7 +326,7 @@ async fn test_openapi_document_lists_every_route() {
     assert!(doc.json["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc.json["paths"].as_object().unwrap();
     for ep in ENDPOINTS {
-        let path = ep.path.replace("{key}", "{id}");
+        let path = ep.path.replace("{key}", "{id}").replace("{purpose}", "{key}");
         let item = paths.get(&path).unwrap_or_else(|| panic!("{path} missing from /openapi.json"));
         assert!(item.get(ep.method.to_lowercase()).is_some(), "{} {path} missing", ep.method);
     }
@@ -377,5 +400,65 @@ async fn test_a_grpc_call_without_signed_caller_is_refused_behind_the_gateway() 
     let mut direct = ContactsServiceClient::new(sb.channel());
     let status = direct.list_contacts(ListContactsRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    sb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_consent_over_http_versions_checks_and_refusals() {
+    let sb = Sandbox::monolith().await;
+    let http = sb.http();
+    let (_, key) = sb.tenant("Consent").await;
+    let id = create(&http, &key, "ada@example.org").await;
+    let purpose =
+        json!({"key": "newsletter", "description": "News", "lawful_basis": "consent", "notice": "Version one."});
+    let created = http.json("POST", "/v1/purposes", Some(&key), Some(purpose)).await;
+    assert_eq!((created.status, created.json["current_version"].as_u64()), (201, Some(1)));
+    let grant = json!({"contact_id": id, "purpose": "newsletter", "action": "grant", "source": "web_form",
+        "evidence": {"form_id": "f1", "ip": "192.0.2.1", "user_agent": "test"}});
+    let record = http.json("POST", "/v1/consents", Some(&key), Some(grant)).await;
+    assert_eq!(record.status, 201, "{:?}", record.json);
+    assert_eq!(record.json["notice_version"], 1);
+    assert!(!record.body.windows(9).any(|w| w == b"192.0.2.1"), "the address is never returned");
+    let v2 =
+        http.json("PUT", "/v1/purposes/newsletter/notice", Some(&key), Some(json!({"notice": "Version two."}))).await;
+    assert_eq!(v2.json["current_version"], 2);
+    let p = http.json("GET", "/v1/purposes/newsletter", Some(&key), None).await;
+    assert_eq!(p.json["notices"][0]["text"], "Version one.");
+    assert_eq!(p.json["notices"][1]["text"], "Version two.");
+    let check = json!({"checks": [{"contact_id": id, "purpose": "newsletter"}, {"contact_id": id, "purpose": "sms"}]});
+    let r = http.json("POST", "/v1/consents/check", Some(&key), Some(check.clone())).await;
+    assert_eq!(r.json["results"][0]["allowed"], true);
+    assert_eq!(r.json["results"][0]["reason"], "granted");
+    assert_eq!(r.json["results"][0]["notice_version"], 1, "the consent keeps the version it was given under");
+    assert_eq!(r.json["results"][1]["reason"], "unknown_purpose");
+    let withdraw = json!({"contact_id": id, "purpose": "newsletter", "action": "withdraw", "source": "api"});
+    assert_eq!(http.json("POST", "/v1/consents", Some(&key), Some(withdraw)).await.status, 201);
+    let r = http.json("POST", "/v1/consents/check", Some(&key), Some(check)).await;
+    assert_eq!(
+        (r.json["results"][0]["allowed"].as_bool(), r.json["results"][0]["reason"].as_str()),
+        (Some(false), Some("withdrawn"))
+    );
+    let consents = http.json("GET", &format!("/v1/contacts/{id}/consents"), Some(&key), None).await;
+    assert_eq!(consents.json["history"].as_array().unwrap().len(), 2);
+    assert_eq!(consents.json["current"][0]["status"], "withdrawn");
+
+    let bad = json!({"contact_id": id, "purpose": "newsletter", "action": "maybe", "source": "api"});
+    let a = http.json("POST", "/v1/consents", Some(&key), Some(bad)).await;
+    assert_eq!((a.status, a.field()), (400, "action"));
+    let bad = json!({"key": "Bad Key", "lawful_basis": "consent", "notice": "x"});
+    let a = http.json("POST", "/v1/purposes", Some(&key), Some(bad)).await;
+    assert_eq!((a.status, a.field()), (400, "key"));
+    let bad = json!({"key": "x", "lawful_basis": "because", "notice": "x"});
+    let a = http.json("POST", "/v1/purposes", Some(&key), Some(bad)).await;
+    assert_eq!((a.status, a.field()), (400, "lawful_basis"));
+    let a = http
+        .json(
+            "POST",
+            "/v1/consents/check",
+            Some(&key),
+            Some(json!({"checks": [{"contact_id": "nope", "purpose": "x"}]})),
+        )
+        .await;
+    assert_eq!((a.status, a.field()), (400, "checks[0].contact_id"));
     sb.stop().await;
 }

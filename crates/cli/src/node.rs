@@ -162,12 +162,25 @@ async fn migrate<M: MigratorTrait>(db: &Db, target: Target, apply: bool) -> anyh
 /// Starts the REST gateway; returns its address, its shutdown trigger and its task.
 async fn start_gateway(
     cfg: &CarnetConfig,
-    runs_contacts: bool,
+    targets: &[Target],
     grpc_addr: SocketAddr,
     mesh_key: MeshKey,
     db: Db,
 ) -> anyhow::Result<(SocketAddr, oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)> {
-    let channel = peer_channel(&cfg.gateway.contacts_endpoint, runs_contacts, grpc_addr, "gateway.contacts_endpoint")?;
+    let upstreams = carnet_gateway::Upstreams {
+        contacts: peer_channel(
+            &cfg.gateway.contacts_endpoint,
+            targets.contains(&Target::Contacts),
+            grpc_addr,
+            "gateway.contacts_endpoint",
+        )?,
+        consent: peer_channel(
+            &cfg.gateway.consent_endpoint,
+            targets.contains(&Target::Consent),
+            grpc_addr,
+            "gateway.consent_endpoint",
+        )?,
+    };
     let jwt_opt = carnet_gateway::jwt::JwtVerifier::from_config(&cfg.gateway.oidc)
         .await
         .context("failed to load the OIDC keys")?;
@@ -176,7 +189,7 @@ async fn start_gateway(
         carnet_gateway::keys::KeyStore::with_cache(db, Duration::from_millis(cfg.gateway.key_cache_ms)),
         jwt_opt,
         mesh_key,
-        channel,
+        upstreams,
     );
     let addr: SocketAddr = cfg.gateway.listen_addr.parse().context("gateway.listen_addr")?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("failed to bind {addr}"))?;
@@ -300,9 +313,7 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
         let _ = shutdown_rx.await;
     }));
     let http_opt = match gateway_db_opt {
-        Some(db) => {
-            Some(start_gateway(cfg, sorted.contains(&Target::Contacts), grpc_addr, mesh_key.clone(), db).await?)
-        }
+        Some(db) => Some(start_gateway(cfg, &sorted, grpc_addr, mesh_key.clone(), db).await?),
         None => None,
     };
     let http_addr_opt = http_opt.as_ref().map(|(addr, _, _)| *addr);

@@ -174,14 +174,29 @@ fn test_migrate_then_serve_on_postgres() {
     let (contacts, addr) = start(cmd);
     assert!(serving(&addr));
 
-    // The gateway as a process of its own, on its own database, reaching contacts over the network.
+    // Consent and the gateway as processes of their own, each on its own database, reaching the
+    // services they need over the network.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let gateway_url = rt.block_on(carnet_kit::db::create_postgres_database(&server, &format!("{name}_gw"))).unwrap();
+    let consent_url = rt.block_on(carnet_kit::db::create_postgres_database(&server, &format!("{name}_cs"))).unwrap();
     drop(rt);
     let contacts_endpoint = format!("http://{addr}");
+    let consent_env = [
+        ("CARNET__CONSENT__DATABASE_URL", consent_url.as_str()),
+        ("CARNET__CONSENT__CONTACTS_ENDPOINT", contacts_endpoint.as_str()),
+        ("CARNET__MESH__SIGNING_KEY", "a-mesh-signing-key-of-at-least-32-bytes"),
+        ("CARNET__GRPC__LISTEN_ADDR", "127.0.0.1:0"),
+    ];
+    let out = carnet().args(["migrate", "--target", "consent"]).envs(consent_env).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut cmd = carnet();
+    cmd.args(["serve", "--target", "consent"]).envs(consent_env);
+    let (consent, consent_addr) = start(cmd);
+    let consent_endpoint = format!("http://{consent_addr}");
     let gateway_env = [
         ("CARNET__GATEWAY__DATABASE_URL", gateway_url.as_str()),
         ("CARNET__GATEWAY__CONTACTS_ENDPOINT", contacts_endpoint.as_str()),
+        ("CARNET__GATEWAY__CONSENT_ENDPOINT", consent_endpoint.as_str()),
         ("CARNET__GATEWAY__LISTEN_ADDR", "127.0.0.1:0"),
         ("CARNET__MESH__SIGNING_KEY", "a-mesh-signing-key-of-at-least-32-bytes"),
         ("CARNET__GRPC__LISTEN_ADDR", "127.0.0.1:0"),
@@ -201,7 +216,19 @@ fn test_migrate_then_serve_on_postgres() {
     assert!(response.starts_with("HTTP/1.1 201"), "{response}");
     let response = http_request(&http, "GET", "/v1/contacts?q=split", &key, "");
     assert!(response.starts_with("HTTP/1.1 200") && response.contains("split@example.org"), "{response}");
+    let id = response.split("\"id\":\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let purpose = r#"{"key":"newsletter","lawful_basis":"consent","notice":"Monthly news."}"#;
+    let response = http_request(&http, "POST", "/v1/purposes", &key, purpose);
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    let grant = format!(r#"{{"contact_id":"{id}","purpose":"newsletter","action":"grant","source":"api"}}"#);
+    let response = http_request(&http, "POST", "/v1/consents", &key, &grant);
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    // The check crosses three processes: gateway → consent → contacts (for the flags).
+    let check = format!(r#"{{"checks":[{{"contact_id":"{id}","purpose":"newsletter"}}]}}"#);
+    let response = http_request(&http, "POST", "/v1/consents/check", &key, &check);
+    assert!(response.contains("\"allowed\":true"), "{response}");
     stop(gateway);
+    stop(consent);
     stop(contacts);
 }
 

@@ -1,4 +1,5 @@
 //! The REST routes, one module per service they front.
 
+pub mod consent;
 pub mod contacts;
 pub mod keys;
