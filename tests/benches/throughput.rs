@@ -383,6 +383,123 @@ async fn bench_http_get(settings: Settings, sandbox: &Sandbox, key: &str) -> Rep
     run("http-get", settings, calls).await
 }
 
+/// Pairs per `CheckBatch` call in the batch-check scenario.
+const BATCH_PAIRS: usize = 10_000;
+/// Purposes of the consent scenarios; contacts × purposes = [`BATCH_PAIRS`].
+const PURPOSES: usize = 5;
+
+/// Creates contacts and purposes, and grants every other (contact, purpose) pair; returns the
+/// (contact, purpose) pairs.
+async fn seed_consent(sandbox: &Sandbox, caller: &Caller) -> Vec<(String, String)> {
+    use carnet_proto::consent::v1::{
+        ConsentAction, ConsentSource, CreatePurposeRequest, LawfulBasis, RecordConsentRequest,
+    };
+    let mut consent = sandbox.consent(caller);
+    let purposes: Vec<String> = (0..PURPOSES).map(|p| format!("purpose_{p}")).collect();
+    for key in &purposes {
+        let req = CreatePurposeRequest {
+            key: key.clone(),
+            description: String::new(),
+            lawful_basis: LawfulBasis::Consent as i32,
+            notice: format!("Notice of {key}."),
+        };
+        consent.create_purpose(req).await.expect("seed purpose");
+    }
+    let contacts = contacts_clients(sandbox, caller, 1).await.remove(0);
+    let ids: Vec<String> = futures::future::join_all((0..BATCH_PAIRS / PURPOSES).map(|n| {
+        let mut client = contacts.clone();
+        async move {
+            client
+                .create_contact(create_request(format!("consent-{n}@example.org")))
+                .await
+                .expect("seed")
+                .into_inner()
+                .id
+        }
+    }))
+    .await;
+    let mut pairs = Vec::with_capacity(BATCH_PAIRS);
+    let mut grants = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        for (j, key) in purposes.iter().enumerate() {
+            pairs.push((id.clone(), key.clone()));
+            if (i + j) % 2 == 0 {
+                grants.push(RecordConsentRequest {
+                    contact_id: id.clone(),
+                    purpose: key.clone(),
+                    action: ConsentAction::Grant as i32,
+                    source: ConsentSource::Api as i32,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    for chunk in grants.chunks(64) {
+        futures::future::join_all(chunk.iter().map(|g| {
+            let mut client = consent.clone();
+            let g = g.clone();
+            async move { client.record_consent(g).await.expect("seed grant") }
+        }))
+        .await;
+    }
+    pairs
+}
+
+/// Measures single `Check` calls over the seeded pairs.
+async fn bench_check(
+    settings: Settings,
+    sandbox: &Sandbox,
+    caller: &Caller,
+    pairs: &Arc<Vec<(String, String)>>,
+) -> Report {
+    use carnet_proto::consent::v1::CheckRequest;
+    use carnet_proto::consent::v1::consent_service_client::ConsentServiceClient;
+    let mut calls = Vec::with_capacity(settings.clients);
+    for i in 0..settings.clients {
+        let signer = CallerSigner::new(sandbox.node.mesh_key.clone(), caller.clone());
+        let client = ConsentServiceClient::with_interceptor(connect(sandbox.node.grpc_addr).await, signer);
+        let pairs = Arc::clone(pairs);
+        calls.push(move |n: u64| -> Call {
+            let (contact_id, purpose) = pairs[(i * 97 + n as usize) % pairs.len()].clone();
+            let mut client = client.clone();
+            Box::pin(async move { client.check(CheckRequest { contact_id, purpose }).await.map(drop) })
+        });
+    }
+    run("check", settings, calls).await
+}
+
+/// Measures `CheckBatch` with [`BATCH_PAIRS`] pairs per call, one call at a time; returns
+/// (pairs per second, calls, median call latency, errors).
+async fn bench_check_batch(
+    settings: Settings,
+    sandbox: &Sandbox,
+    caller: &Caller,
+    pairs: &[(String, String)],
+) -> (f64, usize, Duration, u64) {
+    use carnet_proto::consent::v1::{CheckBatchRequest, CheckRequest};
+    let mut client = sandbox.consent(caller);
+    let request = CheckBatchRequest {
+        checks: pairs.iter().map(|(c, p)| CheckRequest { contact_id: c.clone(), purpose: p.clone() }).collect(),
+    };
+    let warm_until = Instant::now() + settings.warmup;
+    while Instant::now() < warm_until {
+        let _ = client.check_batch(request.clone()).await;
+    }
+    let (mut latencies, mut errors) = (Vec::new(), 0u64);
+    let started = Instant::now();
+    while started.elapsed() < settings.measure {
+        let t = Instant::now();
+        match client.check_batch(request.clone()).await {
+            Ok(r) if r.get_ref().results.len() == pairs.len() => latencies.push(t.elapsed()),
+            _ => errors += 1,
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let median = latencies.get(latencies.len() / 2).copied().unwrap_or_default();
+    ((latencies.len() * pairs.len()) as f64 / elapsed, latencies.len(), median, errors)
+}
+
 #[tokio::main]
 async fn main() {
     let settings = Settings::from_env();
@@ -400,9 +517,28 @@ async fn main() {
     let (_, key) = sandbox.tenant("bench").await;
     reports.push(bench_http_create(settings, &sandbox, &key).await);
     reports.push(bench_http_get(settings, &sandbox, &key).await);
+    let caller = carnet_tests::new_tenant();
+    let pairs = Arc::new(seed_consent(&sandbox, &caller).await);
+    reports.push(bench_check(settings, &sandbox, &caller, &pairs).await);
+    let (pairs_per_sec, calls, median, batch_errors) = bench_check_batch(settings, &sandbox, &caller, &pairs).await;
     sandbox.stop().await;
 
     print_table(&reports, &[("create", 0.25), ("get", 0.5), ("http-create", 0.3), ("http-get", 0.5)]);
+    let verdict = if batch_errors > 0 {
+        "not met (errors)"
+    } else if pairs_per_sec >= 200_000.0 {
+        "met"
+    } else {
+        "not met"
+    };
+    println!(
+        "check-batch: {BATCH_PAIRS} pairs per call, {calls} calls, median {:.2} ms per call, {pairs_per_sec:.0} pairs/s (target >= 200000: {verdict})",
+        median.as_secs_f64() * 1e3
+    );
+    if batch_errors > 0 {
+        eprintln!("check-batch had {batch_errors} failed calls");
+        std::process::exit(1);
+    }
     let failed: Vec<&Report> = reports.iter().filter(|r| r.errors > 0).collect();
     for r in &failed {
         let first = r.first_error_opt.as_ref().map_or_else(String::new, |s| format!("{:?}: {}", s.code(), s.message()));
