@@ -130,11 +130,19 @@ impl AppState {
     pub fn consent(&self, auth: &Auth) -> ConsentServiceClient<InterceptedService<Channel, CallerSigner>> {
         ConsentServiceClient::with_interceptor(self.consent.clone(), self.signer(auth))
     }
+
+    /// A consent client acting as `caller` (public pages act for the tenant a link or form names).
+    pub fn consent_as(
+        &self,
+        caller: carnet_kit::Caller,
+    ) -> ConsentServiceClient<InterceptedService<Channel, CallerSigner>> {
+        ConsentServiceClient::with_interceptor(self.consent.clone(), CallerSigner::new(self.mesh_key.clone(), caller))
+    }
 }
 
 /// Builds the HTTP router.
 pub fn router(state: AppState) -> Router {
-    use routes::{consent, contacts, keys};
+    use routes::{consent, contacts, keys, public};
     // Bodies are read at most this far: a larger one is refused without being buffered whole.
     let body_limit = axum::extract::DefaultBodyLimit::max(state.config.max_body_bytes);
     Router::new()
@@ -158,6 +166,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/purposes/{key}/notice", put(consent::put_notice))
         .route("/v1/consents", post(consent::record_consent))
         .route("/v1/consents/check", post(consent::check))
+        .route("/o/{token}", get(public::confirm))
+        .route("/u/{token}", get(public::withdraw_page).post(public::withdraw))
         .route("/v1/api-keys", post(keys::create_key).get(keys::list_keys))
         .route("/v1/api-keys/{id}", axum::routing::delete(keys::revoke_key))
         .fallback(not_found)

@@ -197,7 +197,7 @@ async fn start_gateway(
     let (tx, rx) = oneshot::channel::<()>();
     let app = carnet_gateway::router(state);
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async {
                 let _ = rx.await;
             })

@@ -14,6 +14,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod grpc;
+pub mod links;
 pub mod outbox;
 pub mod telemetry;
 

@@ -114,6 +114,8 @@ pub struct RecordInput {
     pub user_agent_opt: Option<String>,
     pub justification_opt: Option<String>,
     pub require_confirmation: bool,
+    /// Refuse unless the current state still comes from this record (confirming a pending grant).
+    pub expected_record_opt: Option<Uuid>,
 }
 
 /// One row of the ledger.

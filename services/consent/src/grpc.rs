@@ -32,13 +32,20 @@ pub struct ConsentGrpc {
     store: ConsentStore,
     contacts: Channel,
     mesh_key: MeshKey,
+    links_key: std::sync::Arc<Vec<u8>>,
 }
+
+/// How long a confirmation link stays valid.
+pub const CONFIRM_LINK_DAYS: i64 = 7;
+/// How long a withdraw link stays valid (it travels in every mail; withdrawing must stay easy).
+pub const WITHDRAW_LINK_DAYS: i64 = 3 * 365;
 
 impl ConsentGrpc {
     /// `contacts` reaches the contacts service, asked for restriction and objection flags as
     /// `service:consent` with `contacts:read` in the caller's tenant.
     pub fn new(store: ConsentStore, contacts: Channel, mesh_key: MeshKey) -> Self {
-        ConsentGrpc { store, contacts, mesh_key }
+        let links_key = std::sync::Arc::new(mesh_key.derive("consent-links"));
+        ConsentGrpc { store, contacts, mesh_key, links_key }
     }
 
     fn contacts_client(&self, caller: &Caller) -> ContactsServiceClient<InterceptedService<Channel, CallerSigner>> {
@@ -74,16 +81,25 @@ impl ConsentGrpc {
         checks: Vec<pb::CheckRequest>,
     ) -> Result<Vec<pb::CheckResult>, Status> {
         let mut pairs = Vec::with_capacity(checks.len());
+        let mut originals = Vec::with_capacity(checks.len());
         for (i, check) in checks.into_iter().enumerate() {
-            let contact = parse_id(&format!("checks[{i}].contact_id"), &check.contact_id)?;
+            // The field path is only formatted for the (rare) malformed id.
+            let contact = Uuid::parse_str(&check.contact_id)
+                .map_err(|_| ServiceError::invalid_field(format!("checks[{i}].contact_id"), "is not a valid id"))?;
             pairs.push((contact, check.purpose));
+            originals.push(check.contact_id);
         }
         let mut ids: Vec<Uuid> = pairs.iter().map(|(c, _)| *c).collect();
         ids.sort_unstable();
         ids.dedup();
         let flags = self.flags(caller, &ids).await?;
         let decisions = self.store.check_batch(caller.tenant_id, &pairs, &flags).await?;
-        Ok(pairs.into_iter().zip(decisions).map(|((c, p), d)| check_result(c, p, d)).collect())
+        Ok(originals
+            .into_iter()
+            .zip(pairs)
+            .zip(decisions)
+            .map(|((contact_id, (_, purpose)), d)| check_result(contact_id, purpose, d))
+            .collect())
     }
 }
 
@@ -203,9 +219,9 @@ fn state_to_proto(s: State) -> pb::ConsentState {
     }
 }
 
-fn check_result(contact: Uuid, purpose: String, d: Decision) -> pb::CheckResult {
+fn check_result(contact_id: String, purpose: String, d: Decision) -> pb::CheckResult {
     pb::CheckResult {
-        contact_id: contact.to_string(),
+        contact_id,
         purpose,
         allowed: d.allowed,
         reason: d.reason.to_string(),
@@ -303,6 +319,7 @@ impl ConsentService for ConsentGrpc {
             user_agent_opt: Some(evidence.user_agent),
             justification_opt: Some(evidence.justification),
             require_confirmation: req.require_confirmation,
+            expected_record_opt: None,
         };
         let record = self.store.record(caller.tenant_id, &caller.principal, input).await?;
         tracing::info!(tenant_id = %caller.tenant_id, contact_id = %contact_id, purpose = %record.purpose, status = record.status.as_str(), "consent recorded");
@@ -344,6 +361,111 @@ impl ConsentService for ConsentGrpc {
         }
         let results = self.check_pairs(&caller, checks).await?;
         Ok(Response::new(pb::CheckBatchResponse { results }))
+    }
+
+    async fn issue_links(
+        &self,
+        request: Request<pb::IssueLinksRequest>,
+    ) -> Result<Response<pb::IssueLinksResponse>, Status> {
+        use carnet_kit::links::{LinkClaims, LinkKind, sign};
+        let caller = caller(&request, &[Permission::ConsentManage, Permission::CommsSend])?;
+        let req = request.into_inner();
+        let contact_id = parse_id("contact_id", &req.contact_id)?;
+        self.store.purpose(caller.tenant_id, &req.purpose).await.map_err(|e| e.with_field("purpose"))?;
+        let now = chrono::Utc::now();
+        let mut answer = pb::IssueLinksResponse::default();
+        if let Some((state, record_id)) = self.store.state(caller.tenant_id, contact_id, &req.purpose).await?
+            && state.status == ConsentStatus::Pending
+        {
+            let exp = now + chrono::Duration::days(CONFIRM_LINK_DAYS);
+            let claims = LinkClaims {
+                tenant_id: caller.tenant_id,
+                contact_id,
+                purpose: req.purpose.clone(),
+                kind: LinkKind::Confirm,
+                record_id_opt: Some(record_id),
+                exp: exp.timestamp(),
+            };
+            answer.confirm_token = sign(&self.links_key, &claims);
+            answer.confirm_expires_at = Some(to_timestamp(exp));
+        }
+        let claims = LinkClaims {
+            tenant_id: caller.tenant_id,
+            contact_id,
+            purpose: req.purpose,
+            kind: LinkKind::Withdraw,
+            record_id_opt: None,
+            exp: (now + chrono::Duration::days(WITHDRAW_LINK_DAYS)).timestamp(),
+        };
+        answer.withdraw_token = sign(&self.links_key, &claims);
+        Ok(Response::new(answer))
+    }
+
+    async fn redeem_link(
+        &self,
+        request: Request<pb::RedeemLinkRequest>,
+    ) -> Result<Response<pb::RedeemLinkResponse>, Status> {
+        use carnet_kit::links::{LinkError, LinkKind, verify};
+        // Any verified caller: the gateway forwards people's links as `public:link`.
+        let caller = Caller::of(&request)?;
+        let req = request.into_inner();
+        let claims = verify(&self.links_key, &req.token, chrono::Utc::now().timestamp()).map_err(|e| {
+            let message = match e {
+                LinkError::Expired => "has expired",
+                LinkError::BadSignature => "is not a valid link",
+                LinkError::Malformed => "is malformed",
+            };
+            ServiceError::invalid_field("token", message)
+        })?;
+        if claims.tenant_id != caller.tenant_id {
+            return Err(ServiceError::invalid_field("token", "is not a valid link").into());
+        }
+        let purpose = self.store.purpose(claims.tenant_id, &claims.purpose).await?;
+        let ip_opt = Some(req.ip).filter(|i| !i.is_empty());
+        let ua_opt = Some(req.user_agent).filter(|u| !u.is_empty());
+        let (action, status, already_done) = match claims.kind {
+            LinkKind::Confirm => {
+                let record_id =
+                    claims.record_id_opt.ok_or_else(|| ServiceError::invalid_field("token", "is malformed"))?;
+                let (status, done) = self
+                    .store
+                    .confirm(claims.tenant_id, claims.contact_id, &claims.purpose, record_id, ip_opt, ua_opt)
+                    .await?;
+                (pb::ConsentAction::Grant, status, done)
+            }
+            LinkKind::Withdraw => {
+                let current = self.store.state(claims.tenant_id, claims.contact_id, &claims.purpose).await?;
+                if current.as_ref().is_some_and(|(s, _)| s.status == ConsentStatus::Withdrawn) {
+                    (pb::ConsentAction::Withdraw, ConsentStatus::Withdrawn, true)
+                } else {
+                    let input = RecordInput {
+                        contact_id: claims.contact_id,
+                        purpose: claims.purpose.clone(),
+                        action: Action::Withdraw,
+                        lawful_basis_opt: None,
+                        source: ConsentSource::EmailOptin,
+                        form_id_opt: None,
+                        notice_version_opt: None,
+                        at_opt: None,
+                        ip_opt,
+                        user_agent_opt: ua_opt,
+                        justification_opt: None,
+                        require_confirmation: false,
+                        expected_record_opt: None,
+                    };
+                    let record = self.store.record(claims.tenant_id, "subject:link", input).await?;
+                    (pb::ConsentAction::Withdraw, record.status, false)
+                }
+            }
+        };
+        tracing::info!(tenant_id = %claims.tenant_id, contact_id = %claims.contact_id, purpose = %claims.purpose, ?action, already_done, "link redeemed");
+        Ok(Response::new(pb::RedeemLinkResponse {
+            purpose: purpose.key,
+            purpose_description: purpose.description,
+            action: action as i32,
+            status: status_to_proto(status) as i32,
+            already_done,
+        }))
     }
 
     async fn export_subject(

@@ -176,6 +176,12 @@ impl ConsentStore {
             .ok_or_else(|| unknown_purpose("purpose", &input.purpose))?;
         let purpose_basis = parse_basis(&purpose_row.lawful_basis)?;
         let current = find_state(&txn, tenant_id, input.contact_id, &input.purpose).await?;
+        if let Some(expected) = input.expected_record_opt
+            && current.as_ref().map(|s| s.record_id) != Some(expected)
+        {
+            return Err(ServiceError::new(ErrorCode::FailedPrecondition, "token: the link is no longer valid")
+                .with_field("token"));
+        }
         let justification = input.justification_opt.as_deref().map(str::trim).filter(|j| !j.is_empty());
         if justification.is_some_and(|j| j.chars().count() > 2000) {
             return Err(ServiceError::invalid_field("evidence.justification", "is longer than 2000 characters"));
@@ -274,6 +280,75 @@ impl ConsentStore {
         to_record(row)
     }
 
+    /// Returns the current state of one contact and purpose, with the id of its latest record.
+    pub async fn state(
+        &self,
+        tenant_id: Uuid,
+        contact_id: Uuid,
+        key: &str,
+    ) -> Result<Option<(State, Uuid)>, ServiceError> {
+        match find_state(&self.db.read, tenant_id, contact_id, key).await? {
+            Some(row) => {
+                let record_id = row.record_id;
+                Ok(Some((to_state(row)?, record_id)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Confirms the pending grant `record_id` (double opt-in): appends a granted record with the
+    /// same notice version, source `email_optin`. Returns `(state, already_done)`; a pending
+    /// grant that was since replaced (withdrawn, granted again) can no longer be confirmed.
+    pub async fn confirm(
+        &self,
+        tenant_id: Uuid,
+        contact_id: Uuid,
+        key: &str,
+        record_id: Uuid,
+        ip_opt: Option<String>,
+        user_agent_opt: Option<String>,
+    ) -> Result<(Status, bool), ServiceError> {
+        let current = find_state(&self.db.read, tenant_id, contact_id, key).await?;
+        let Some(current) = current else {
+            return Err(ServiceError::new(ErrorCode::FailedPrecondition, "token: the link is no longer valid")
+                .with_field("token"));
+        };
+        let status =
+            Status::parse(&current.status).ok_or_else(|| ServiceError::internal("stored status is unknown"))?;
+        if status == Status::Granted {
+            let confirmed_from = record::Entity::find_by_id(current.record_id)
+                .all(&self.db.read)
+                .await
+                .map_err(db_err)?
+                .pop()
+                .is_some_and(|r| r.source == ConsentSource::EmailOptin.as_str());
+            if confirmed_from {
+                return Ok((Status::Granted, true));
+            }
+        }
+        if status != Status::Pending || current.record_id != record_id {
+            return Err(ServiceError::new(ErrorCode::FailedPrecondition, "token: the link is no longer valid")
+                .with_field("token"));
+        }
+        let input = RecordInput {
+            contact_id,
+            purpose: key.to_string(),
+            action: Action::Grant,
+            lawful_basis_opt: Some(LawfulBasis::Consent),
+            source: ConsentSource::EmailOptin,
+            form_id_opt: None,
+            notice_version_opt: current.notice_version,
+            at_opt: None,
+            ip_opt,
+            user_agent_opt,
+            justification_opt: None,
+            require_confirmation: false,
+            expected_record_opt: Some(record_id),
+        };
+        let record = self.record(tenant_id, "subject:link", input).await?;
+        Ok((record.status, false))
+    }
+
     /// Returns the current states and the ledger of one contact, oldest first.
     pub async fn contact_consents(
         &self,
@@ -319,7 +394,8 @@ impl ConsentStore {
         let mut contacts: Vec<Uuid> = pairs.iter().map(|(c, _)| *c).collect();
         contacts.sort_unstable();
         contacts.dedup();
-        let mut states: HashMap<(Uuid, String), State> = HashMap::with_capacity(pairs.len());
+        // Per contact, its few states: looked up without building a key per pair.
+        let mut states: HashMap<Uuid, Vec<State>> = HashMap::with_capacity(contacts.len());
         for chunk in contacts.chunks(STATE_CHUNK) {
             let rows = state::Entity::find()
                 .filter(state::Column::TenantId.eq(tenant_id))
@@ -329,15 +405,15 @@ impl ConsentStore {
                 .map_err(db_err)?;
             for row in rows {
                 let contact_id = row.contact_id;
-                let state = to_state(row)?;
-                states.insert((contact_id, state.purpose.clone()), state);
+                states.entry(contact_id).or_default().push(to_state(row)?);
             }
         }
         Ok(pairs
             .iter()
             .map(|(contact, key)| {
                 let flags = flags.get(contact).copied().unwrap_or_default();
-                decide(purposes.get(key), flags, states.get(&(*contact, key.clone())))
+                let state = states.get(contact).and_then(|list| list.iter().find(|s| &s.purpose == key));
+                decide(purposes.get(key), flags, state)
             })
             .collect())
     }
