@@ -117,6 +117,16 @@ impl AppState {
         AppState { config: Arc::new(config), keys, jwt_opt, limiter, mesh_key, contacts, consent }
     }
 
+    /// The key signing callers into the mesh (and, derived, the gateway's own tokens).
+    pub fn mesh_key(&self) -> MeshKey {
+        self.mesh_key.clone()
+    }
+
+    /// The channel to the contacts service.
+    pub fn contacts_channel(&self) -> Channel {
+        self.contacts.clone()
+    }
+
     fn signer(&self, auth: &Auth) -> CallerSigner {
         CallerSigner::new(self.mesh_key.clone(), auth.0.clone())
     }
@@ -142,7 +152,7 @@ impl AppState {
 
 /// Builds the HTTP router.
 pub fn router(state: AppState) -> Router {
-    use routes::{consent, contacts, keys, public};
+    use routes::{consent, contacts, forms, keys, public};
     // Bodies are read at most this far: a larger one is refused without being buffered whole.
     let body_limit = axum::extract::DefaultBodyLimit::max(state.config.max_body_bytes);
     Router::new()
@@ -166,6 +176,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/purposes/{key}/notice", put(consent::put_notice))
         .route("/v1/consents", post(consent::record_consent))
         .route("/v1/consents/check", post(consent::check))
+        .route("/v1/forms", post(forms::create_form))
+        .route("/f/{form_id}", get(forms::form_page).post(forms::submit_form))
         .route("/o/{token}", get(public::confirm))
         .route("/u/{token}", get(public::withdraw_page).post(public::withdraw))
         .route("/v1/api-keys", post(keys::create_key).get(keys::list_keys))

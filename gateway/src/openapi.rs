@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::Problem;
-use crate::routes::{consent, contacts, keys};
+use crate::routes::{consent, contacts, forms, keys};
 
 struct BearerAuth;
 
@@ -47,6 +47,7 @@ impl Modify for BearerAuth {
         consent::record_consent,
         consent::contact_consents,
         consent::check,
+        forms::create_form,
         keys::create_key,
         keys::list_keys,
         keys::revoke_key,

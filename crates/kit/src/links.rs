@@ -83,6 +83,24 @@ pub fn peek_tenant(token: &str) -> Option<Uuid> {
     Some(claims.tenant_id)
 }
 
+/// Returns the public id of a web form: it names the tenant, so public pages are routed and
+/// scoped without a lookup across tenants.
+pub fn form_public_id(tenant_id: Uuid, form_id: Uuid) -> String {
+    let mut bytes = [0u8; 32];
+    bytes[..16].copy_from_slice(tenant_id.as_bytes());
+    bytes[16..].copy_from_slice(form_id.as_bytes());
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Reads (tenant, form) from a public form id.
+pub fn parse_form_public_id(public: &str) -> Option<(Uuid, Uuid)> {
+    let bytes = URL_SAFE_NO_PAD.decode(public).ok()?;
+    if bytes.len() != 32 {
+        return None;
+    }
+    Some((Uuid::from_slice(&bytes[..16]).ok()?, Uuid::from_slice(&bytes[16..]).ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +122,13 @@ mod tests {
         let token = sign(b"key", &c);
         assert_eq!(verify(b"key", &token, 1_000), Ok(c.clone()));
         assert_eq!(peek_tenant(&token), Some(c.tenant_id));
+    }
+
+    #[test]
+    fn test_form_public_id_round_trips() {
+        let (t, f) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(parse_form_public_id(&form_public_id(t, f)), Some((t, f)));
+        assert_eq!(parse_form_public_id("short"), None);
     }
 
     #[test]

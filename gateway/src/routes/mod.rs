@@ -2,5 +2,6 @@
 
 pub mod consent;
 pub mod contacts;
+pub mod forms;
 pub mod keys;
 pub mod public;

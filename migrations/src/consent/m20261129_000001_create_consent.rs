@@ -65,6 +65,18 @@ enum ConsentStates {
 }
 
 #[derive(DeriveIden)]
+enum Forms {
+    Table,
+    TenantId,
+    Id,
+    Name,
+    Fields,
+    Consents,
+    CreatedBy,
+    CreatedAt,
+}
+
+#[derive(DeriveIden)]
 enum Outbox {
     Table,
     Id,
@@ -172,6 +184,22 @@ impl MigrationTrait for Migration {
         manager
             .create_table(
                 Table::create()
+                    .table(Forms::Table)
+                    .col(uuid(Forms::TenantId))
+                    .col(uuid(Forms::Id))
+                    .col(text(Forms::Name))
+                    // Field keys and purpose keys, as JSON arrays.
+                    .col(json_binary(Forms::Fields))
+                    .col(json_binary(Forms::Consents))
+                    .col(text(Forms::CreatedBy))
+                    .col(timestamp_with_time_zone(Forms::CreatedAt))
+                    .primary_key(Index::create().col(Forms::TenantId).col(Forms::Id))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
                     .table(Outbox::Table)
                     .col(uuid(Outbox::Id).primary_key())
                     .col(uuid(Outbox::TenantId))
@@ -198,6 +226,7 @@ impl MigrationTrait for Migration {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for table in [
             Outbox::Table.into_iden(),
+            Forms::Table.into_iden(),
             ConsentStates::Table.into_iden(),
             ConsentRecords::Table.into_iden(),
             NoticeVersions::Table.into_iden(),

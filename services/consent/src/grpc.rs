@@ -103,6 +103,29 @@ impl ConsentGrpc {
     }
 }
 
+impl ConsentGrpc {
+    /// A form with the current notice of each of its purposes.
+    async fn form_view(&self, tenant_id: Uuid, def: crate::store::FormDef) -> Result<pb::Form, ServiceError> {
+        let mut consents = Vec::with_capacity(def.consents.len());
+        for key in &def.consents {
+            let (purpose, notice) = self.store.current_notice(tenant_id, key).await?;
+            consents.push(pb::FormConsent {
+                purpose: purpose.key,
+                description: purpose.description,
+                notice_version: notice.version as u32,
+                notice_text: notice.text,
+            });
+        }
+        Ok(pb::Form {
+            id: carnet_kit::links::form_public_id(tenant_id, def.id),
+            name: def.name,
+            fields: def.fields,
+            consents,
+            created_at: Some(to_timestamp(def.created_at)),
+        })
+    }
+}
+
 fn caller<T>(request: &Request<T>, permissions: &[Permission]) -> Result<Caller, Status> {
     let caller = Caller::of(request)?;
     caller.require_any(permissions)?;
@@ -466,6 +489,44 @@ impl ConsentService for ConsentGrpc {
             status: status_to_proto(status) as i32,
             already_done,
         }))
+    }
+
+    async fn create_form(&self, request: Request<pb::CreateFormRequest>) -> Result<Response<pb::Form>, Status> {
+        use carnet_proto::contacts::v1::GetFieldPolicyRequest;
+        let caller = caller(&request, &[Permission::ConsentManage])?;
+        let req = request.into_inner();
+        let policy = self
+            .contacts_client(&caller)
+            .get_field_policy(GetFieldPolicyRequest {})
+            .await
+            .map_err(|_| {
+                ServiceError::new(ErrorCode::Unavailable, "contacts service unavailable for the field policy")
+            })?
+            .into_inner();
+        for (i, key) in req.fields.iter().enumerate() {
+            if !policy.fields.iter().any(|f| &f.key == key) {
+                return Err(
+                    ServiceError::invalid_field(format!("fields[{i}]"), "is not in the tenant's field policy").into()
+                );
+            }
+            if req.fields[..i].contains(key) {
+                return Err(ServiceError::invalid_field(format!("fields[{i}]"), "is listed twice").into());
+            }
+        }
+        let def =
+            self.store.create_form(caller.tenant_id, &caller.principal, &req.name, req.fields, req.consents).await?;
+        tracing::info!(tenant_id = %caller.tenant_id, form_id = %def.id, "form created");
+        Ok(Response::new(self.form_view(caller.tenant_id, def).await?))
+    }
+
+    async fn get_form(&self, request: Request<pb::GetFormRequest>) -> Result<Response<pb::Form>, Status> {
+        // Any verified caller of the form's tenant: the gateway serves forms publicly.
+        let caller = Caller::of(&request)?;
+        let (tenant_id, form_id) = carnet_kit::links::parse_form_public_id(&request.get_ref().id)
+            .filter(|(t, _)| *t == caller.tenant_id)
+            .ok_or_else(|| ServiceError::new(ErrorCode::NotFound, "form not found").with_field("id"))?;
+        let def = self.store.form(tenant_id, form_id).await?;
+        Ok(Response::new(self.form_view(tenant_id, def).await?))
     }
 
     async fn export_subject(

@@ -18,7 +18,17 @@ use crate::domain::{
     Action, ConsentSource, Decision, LawfulBasis, Notice, Purpose, Record, RecordInput, State, Status, SubjectFlags,
     decide,
 };
-use crate::entity::{notice_version, purpose, record, state};
+use crate::entity::{form, notice_version, purpose, record, state};
+
+/// A web form definition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FormDef {
+    pub id: Uuid,
+    pub name: String,
+    pub fields: Vec<String>,
+    pub consents: Vec<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
 
 /// Longest notice text, in characters.
 pub const MAX_NOTICE_CHARS: usize = 20_000;
@@ -347,6 +357,74 @@ impl ConsentStore {
         };
         let record = self.record(tenant_id, "subject:link", input).await?;
         Ok((record.status, false))
+    }
+
+    /// Stores a form; `fields` were checked against the field policy by the caller, the purposes
+    /// are checked here.
+    pub async fn create_form(
+        &self,
+        tenant_id: Uuid,
+        actor: &str,
+        name: &str,
+        fields: Vec<String>,
+        consents: Vec<String>,
+    ) -> Result<FormDef, ServiceError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(ServiceError::invalid_field("name", "must be 1 to 200 characters"));
+        }
+        if fields.is_empty() {
+            return Err(ServiceError::invalid_field("fields", "must list at least one field"));
+        }
+        for (i, key) in consents.iter().enumerate() {
+            if consents[..i].contains(key) {
+                return Err(ServiceError::invalid_field(format!("consents[{i}]"), "is listed twice"));
+            }
+            if find_purpose(&self.db.read, tenant_id, key).await?.is_none() {
+                return Err(unknown_purpose(&format!("consents[{i}]"), key));
+            }
+        }
+        let row = form::Model {
+            tenant_id,
+            id: Uuid::now_v7(),
+            name: name.to_string(),
+            fields: serde_json::json!(fields),
+            consents: serde_json::json!(consents),
+            created_by: actor.to_string(),
+            created_at: carnet_kit::db::now(),
+        };
+        form::Entity::insert(sea_orm::IntoActiveModel::into_active_model(row.clone()))
+            .exec_without_returning(&self.db.write)
+            .await
+            .map_err(db_err)?;
+        Ok(FormDef { id: row.id, name: row.name, fields, consents, created_at: row.created_at })
+    }
+
+    /// Returns a form of the tenant.
+    pub async fn form(&self, tenant_id: Uuid, id: Uuid) -> Result<FormDef, ServiceError> {
+        let row = form::Entity::find()
+            .filter(form::Column::TenantId.eq(tenant_id))
+            .filter(form::Column::Id.eq(id))
+            .all(&self.db.read)
+            .await
+            .map_err(db_err)?
+            .pop()
+            .ok_or_else(|| ServiceError::not_found("form", id).with_field("id"))?;
+        let unreadable = |_| ServiceError::internal("stored form is unreadable");
+        Ok(FormDef {
+            id: row.id,
+            name: row.name,
+            fields: serde_json::from_value(row.fields).map_err(unreadable)?,
+            consents: serde_json::from_value(row.consents).map_err(unreadable)?,
+            created_at: row.created_at,
+        })
+    }
+
+    /// Returns the current notice of a purpose.
+    pub async fn current_notice(&self, tenant_id: Uuid, key: &str) -> Result<(Purpose, Notice), ServiceError> {
+        let row = find_purpose(&self.db.read, tenant_id, key).await?.ok_or_else(|| unknown_purpose("purpose", key))?;
+        let notice = load_notice(&self.db.read, tenant_id, key, row.current_version).await?;
+        Ok((to_purpose(row, Vec::new())?, notice))
     }
 
     /// Returns the current states and the ledger of one contact, oldest first.
