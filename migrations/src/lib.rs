@@ -7,5 +7,6 @@
 pub mod consent;
 pub mod contacts;
 pub mod gateway;
+pub mod outbox;
 
 pub use sea_orm_migration::MigratorTrait;

@@ -150,3 +150,28 @@ pub fn new_tenant() -> Caller {
 pub fn caller_with(tenant_id: Uuid, permissions: &[Permission]) -> Caller {
     Caller::new(tenant_id, "key:test-limited", permissions.iter().copied())
 }
+
+/// Generates `<scenario>::monolith` and `<scenario>::split` tests from `async fn
+/// <scenario>(&Sandbox)`: the same scenario on SQLite as `carnet up` runs, and on PostgreSQL as
+/// `carnet migrate` + `carnet serve` run (skipped without a PostgreSQL server, unless required).
+#[macro_export]
+macro_rules! both_modes {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn monolith() {
+                let sandbox = $crate::Sandbox::start($crate::Backend::Sqlite).await;
+                super::$name(&sandbox).await;
+                sandbox.stop().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn split() {
+                let Some(server) = $crate::postgres::server_url() else { return };
+                let sandbox = $crate::Sandbox::start($crate::Backend::Postgres(server)).await;
+                super::$name(&sandbox).await;
+                sandbox.stop().await;
+            }
+        }
+    };
+}

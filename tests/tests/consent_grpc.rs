@@ -9,30 +9,7 @@ use carnet_proto::consent::v1::{
     GetContactConsentsRequest, GetPurposeRequest, LawfulBasis, RecordConsentRequest, UpdateNoticeRequest,
 };
 use carnet_proto::contacts::v1::{CreateContactRequest, SetFlagRequest};
-use carnet_tests::{Backend, ConsentClient, Sandbox, new_tenant};
-
-macro_rules! both_modes {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn monolith() {
-                let sandbox = Sandbox::start(Backend::Sqlite).await;
-                super::$name(&sandbox).await;
-                sandbox.stop().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn split() {
-                let Some(server) = carnet_tests::postgres::server_url() else { return };
-                let sandbox = Sandbox::start(Backend::Postgres(server)).await;
-                super::$name(&sandbox).await;
-                sandbox.stop().await;
-            }
-        }
-    };
-}
+use carnet_tests::{ConsentClient, Sandbox, both_modes, new_tenant};
 
 async fn contact(sb: &Sandbox, caller: &carnet_kit::Caller, email: &str) -> String {
     let req = CreateContactRequest {

@@ -8,31 +8,7 @@ use carnet_proto::contacts::v1::{
     GetContactRequest, ListContactsRequest, MergeContactsRequest, SetFieldPolicyRequest, SetFlagRequest,
     UpdateContactRequest, field_value,
 };
-use carnet_tests::{Backend, ContactsClient, Sandbox, caller_with, new_tenant};
-
-/// Runs `scenario` against a monolith sandbox and, when PostgreSQL is available, a split one.
-macro_rules! both_modes {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn monolith() {
-                let sandbox = Sandbox::start(Backend::Sqlite).await;
-                super::$name(&sandbox).await;
-                sandbox.stop().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn split() {
-                let Some(server) = carnet_tests::postgres::server_url() else { return };
-                let sandbox = Sandbox::start(Backend::Postgres(server)).await;
-                super::$name(&sandbox).await;
-                sandbox.stop().await;
-            }
-        }
-    };
-}
+use carnet_tests::{ContactsClient, Sandbox, both_modes, caller_with, new_tenant};
 
 fn source(channel: SourceChannel, detail: &str) -> Option<Source> {
     Some(Source { channel: channel as i32, detail: detail.into(), actor: String::new(), collected_at: None })

@@ -76,17 +76,6 @@ enum Forms {
     CreatedAt,
 }
 
-#[derive(DeriveIden)]
-enum Outbox {
-    Table,
-    Id,
-    TenantId,
-    Kind,
-    Payload,
-    CreatedAt,
-    PublishedAt,
-}
-
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -197,35 +186,13 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        manager
-            .create_table(
-                Table::create()
-                    .table(Outbox::Table)
-                    .col(uuid(Outbox::Id).primary_key())
-                    .col(uuid(Outbox::TenantId))
-                    .col(text(Outbox::Kind))
-                    .col(blob(Outbox::Payload))
-                    .col(timestamp_with_time_zone(Outbox::CreatedAt))
-                    .col(timestamp_with_time_zone_null(Outbox::PublishedAt))
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name("ix_outbox_unpublished")
-                    .table(Outbox::Table)
-                    .col(Outbox::PublishedAt)
-                    .col(Outbox::Id)
-                    .to_owned(),
-            )
-            .await?;
+        crate::outbox::create(manager).await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        crate::outbox::drop(manager).await?;
         for table in [
-            Outbox::Table.into_iden(),
             Forms::Table.into_iden(),
             ConsentStates::Table.into_iden(),
             ConsentRecords::Table.into_iden(),

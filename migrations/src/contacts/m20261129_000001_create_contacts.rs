@@ -56,17 +56,6 @@ enum FieldPolicies {
     UpdatedAt,
 }
 
-#[derive(DeriveIden)]
-enum Outbox {
-    Table,
-    Id,
-    TenantId,
-    Kind,
-    Payload,
-    CreatedAt,
-    PublishedAt,
-}
-
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -179,40 +168,14 @@ impl MigrationTrait for Migration {
             )
             .await?;
 
-        manager
-            .create_table(
-                Table::create()
-                    .table(Outbox::Table)
-                    .col(uuid(Outbox::Id).primary_key())
-                    .col(uuid(Outbox::TenantId))
-                    .col(text(Outbox::Kind))
-                    // An encoded `carnet.events.v1.Event`.
-                    .col(blob(Outbox::Payload))
-                    .col(timestamp_with_time_zone(Outbox::CreatedAt))
-                    .col(timestamp_with_time_zone_null(Outbox::PublishedAt))
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name("ix_outbox_unpublished")
-                    .table(Outbox::Table)
-                    .col(Outbox::PublishedAt)
-                    .col(Outbox::Id)
-                    .to_owned(),
-            )
-            .await?;
+        crate::outbox::create(manager).await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in [
-            Outbox::Table.into_iden(),
-            FieldPolicies::Table.into_iden(),
-            ContactChanges::Table.into_iden(),
-            Contacts::Table.into_iden(),
-        ] {
+        crate::outbox::drop(manager).await?;
+        for table in [FieldPolicies::Table.into_iden(), ContactChanges::Table.into_iden(), Contacts::Table.into_iden()]
+        {
             manager.drop_table(Table::drop().table(table).to_owned()).await?;
         }
         Ok(())
