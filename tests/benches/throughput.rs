@@ -151,7 +151,7 @@ where
 
 /// Opens a new HTTP/2 connection to `addr`.
 async fn connect(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("bench client connects")
+    carnet_kit::grpc::endpoint(&format!("http://{addr}")).expect("uri").connect().await.expect("bench client connects")
 }
 
 /// The baseline service: answers with the payload it was sent, doing no other work.

@@ -81,7 +81,7 @@ impl Sandbox {
             }
         }
         let node = node::start(&config, mode, &Target::ALL).await.expect("node starts");
-        let channel = Channel::from_shared(format!("http://{}", node.grpc_addr))
+        let channel = carnet_kit::grpc::endpoint(&format!("http://{}", node.grpc_addr))
             .expect("uri")
             .connect()
             .await

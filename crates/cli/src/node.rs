@@ -223,10 +223,7 @@ fn peer_channel(
     } else {
         endpoint.to_string()
     };
-    Ok(tonic::transport::Channel::from_shared(uri)
-        .with_context(|| format!("{key} is not a valid URL"))?
-        .tcp_nodelay(true)
-        .connect_lazy())
+    Ok(carnet_kit::grpc::endpoint(&uri).with_context(|| format!("{key} is not a valid URL"))?.connect_lazy())
 }
 
 /// Returns the span of one incoming call, named and attributed after the OpenTelemetry RPC
@@ -260,6 +257,7 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
     let mut server = tonic::transport::Server::builder()
         .timeout(Duration::from_millis(cfg.grpc.request_timeout_ms))
         .tcp_nodelay(true)
+        .http2_adaptive_window(Some(true))
         .trace_fn(|request| {
             let span = grpc_span(request.uri().path());
             carnet_kit::telemetry::continue_trace(&span, request.headers());

@@ -82,6 +82,9 @@ fn sqlite_options(url: &str, max_connections: u32) -> ConnectOptions {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
+                // Rows a query may queue ahead of its reader (sqlx's default is 50): a large
+                // result then streams without the worker thread blocking and waking per row.
+                .row_buffer_size(1024)
         });
     opts
 }

@@ -31,7 +31,7 @@ pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 500;
 /// Most ids [`ContactStore::subject_flags`] accepts, and how many go into one query.
 pub const MAX_FLAG_IDS: usize = 10_000;
-const FLAGS_CHUNK: usize = 500;
+const FLAGS_CHUNK: usize = MAX_FLAG_IDS;
 
 /// Maps a database error to `internal`, logging its kind (database messages name constraints,
 /// never values).
