@@ -257,7 +257,6 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
     let mut server = tonic::transport::Server::builder()
         .timeout(Duration::from_millis(cfg.grpc.request_timeout_ms))
         .tcp_nodelay(true)
-        .http2_adaptive_window(Some(true))
         .trace_fn(|request| {
             let span = grpc_span(request.uri().path());
             carnet_kit::telemetry::continue_trace(&span, request.headers());

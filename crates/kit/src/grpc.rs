@@ -25,11 +25,9 @@ pub fn from_timestamp(field: &str, ts: &prost_types::Timestamp) -> Result<DateTi
         .ok_or_else(|| ServiceError::invalid_field(field, "is out of range"))
 }
 
-/// Returns the endpoint every Carnet gRPC client uses: no Nagle delay, and HTTP/2 flow-control
-/// windows that grow with the connection's bandwidth-delay product, so a large answer (a batch
-/// check, an export) is not held back waiting for window updates.
+/// Returns the endpoint every Carnet gRPC client uses (no Nagle delay, like the servers).
 pub fn endpoint(uri: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
-    Ok(tonic::transport::Endpoint::from_shared(uri.to_string())?.tcp_nodelay(true).http2_adaptive_window(true))
+    Ok(tonic::transport::Endpoint::from_shared(uri.to_string())?.tcp_nodelay(true))
 }
 
 #[cfg(test)]
