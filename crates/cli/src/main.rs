@@ -126,6 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let cfg = CarnetConfig::load(config_path, &overrides)?;
             let _telemetry = carnet_kit::telemetry::init(&cfg.telemetry)?;
+            let stop = shutdown_signal()?;
             let node = node::start(&cfg, Mode::Monolith, &Target::ALL).await?;
             eprintln!(
                 "carnet is up: HTTP on {} gRPC on {} (targets: {}), data in {}",
@@ -134,11 +135,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 target_list(&node.targets),
                 cfg.data_dir().display()
             );
-            node.run_until(shutdown_signal()).await
+            node.run_until(stop).await
         }
         Command::Serve { targets } => {
             let cfg = CarnetConfig::load(config_path, &[])?;
             let _telemetry = carnet_kit::telemetry::init(&cfg.telemetry)?;
+            let stop = shutdown_signal()?;
             let node = node::start(&cfg, Mode::Split, &targets).await?;
             eprintln!(
                 "carnet is serving: HTTP on {} gRPC on {} (targets: {})",
@@ -146,7 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 node.grpc_addr,
                 target_list(&node.targets)
             );
-            node.run_until(shutdown_signal()).await
+            node.run_until(stop).await
         }
         Command::Migrate { targets, data_dir } => {
             let overrides: Vec<(&str, String)> = data_dir.into_iter().map(|d| ("node.data_dir", d)).collect();
@@ -199,24 +201,28 @@ fn target_list(targets: &[Target]) -> String {
     targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Registers the SIGINT and SIGTERM handlers now (before the node announces itself, so a signal
+/// sent right after start is a graceful stop, not a kill) and returns the future that resolves
+/// on the first of them.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use anyhow::Context as _;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("failed to install the SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("failed to install the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down");
+        tracing::info!("shutting down");
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    })
 }
