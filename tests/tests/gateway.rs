@@ -51,6 +51,7 @@ const ENDPOINTS: &[Endpoint] = &[
     Endpoint { method: "POST", path: "/v1/consents", permission: Permission::ConsentManage, ok: 201 },
     Endpoint { method: "GET", path: "/v1/contacts/{id}/consents", permission: Permission::ContactsRead, ok: 200 },
     Endpoint { method: "POST", path: "/v1/consents/check", permission: Permission::ContactsRead, ok: 200 },
+    Endpoint { method: "POST", path: "/v1/forms", permission: Permission::ConsentManage, ok: 201 },
     Endpoint { method: "POST", path: "/v1/api-keys", permission: Permission::KeysManage, ok: 201 },
     Endpoint { method: "GET", path: "/v1/api-keys", permission: Permission::KeysManage, ok: 200 },
     Endpoint { method: "DELETE", path: "/v1/api-keys/{key}", permission: Permission::KeysManage, ok: 200 },
@@ -141,6 +142,9 @@ async fn test_every_role_against_every_endpoint() {
                     "source": "api", "evidence": {"ip": "198.51.100.4"}})),
                 ("POST", "/v1/consents/check") => {
                     Some(json!({"checks": [{"contact_id": id, "purpose": "newsletter"}]}))
+                }
+                ("POST", "/v1/forms") => {
+                    Some(json!({"name": format!("Form {n}"), "fields": ["email"], "consents": ["newsletter"]}))
                 }
                 _ => None,
             };
