@@ -122,31 +122,34 @@ impl AppState {
         self.mesh_key.clone()
     }
 
-    /// The channel to the contacts service.
-    pub fn contacts_channel(&self) -> Channel {
-        self.contacts.clone()
-    }
-
-    fn signer(&self, auth: &Auth) -> CallerSigner {
-        CallerSigner::new(self.mesh_key.clone(), auth.0.clone())
+    fn signer(&self, caller: carnet_kit::Caller) -> CallerSigner {
+        CallerSigner::new(self.mesh_key.clone(), caller)
     }
 
     /// A contacts client signing `auth`'s caller into every call.
     pub fn contacts(&self, auth: &Auth) -> ContactsServiceClient<InterceptedService<Channel, CallerSigner>> {
-        ContactsServiceClient::with_interceptor(self.contacts.clone(), self.signer(auth))
+        self.contacts_as(auth.0.clone())
     }
 
     /// A consent client signing `auth`'s caller into every call.
     pub fn consent(&self, auth: &Auth) -> ConsentServiceClient<InterceptedService<Channel, CallerSigner>> {
-        ConsentServiceClient::with_interceptor(self.consent.clone(), self.signer(auth))
+        self.consent_as(auth.0.clone())
     }
 
-    /// A consent client acting as `caller` (public pages act for the tenant a link or form names).
+    /// A contacts client acting as `caller` (public pages act for the tenant a link or form names).
+    pub fn contacts_as(
+        &self,
+        caller: carnet_kit::Caller,
+    ) -> ContactsServiceClient<InterceptedService<Channel, CallerSigner>> {
+        ContactsServiceClient::with_interceptor(self.contacts.clone(), self.signer(caller))
+    }
+
+    /// A consent client acting as `caller`.
     pub fn consent_as(
         &self,
         caller: carnet_kit::Caller,
     ) -> ConsentServiceClient<InterceptedService<Channel, CallerSigner>> {
-        ConsentServiceClient::with_interceptor(self.consent.clone(), CallerSigner::new(self.mesh_key.clone(), caller))
+        ConsentServiceClient::with_interceptor(self.consent.clone(), self.signer(caller))
     }
 }
 

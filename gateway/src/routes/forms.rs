@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use utoipa::ToSchema;
 
-use carnet_kit::{Caller, CallerSigner, ErrorCode, Permission, ServiceError};
+use carnet_kit::{Caller, ErrorCode, Permission, ServiceError};
 use carnet_proto::common::v1 as pb_common;
 use carnet_proto::consent::v1 as pb;
 use carnet_proto::contacts::v1 as pb_contacts;
@@ -160,14 +160,10 @@ fn label(key: &str) -> String {
 
 async fn load(state: &AppState, form_id: &str) -> Result<(Caller, pb::Form, pb_contacts::FieldPolicy), ApiError> {
     let caller = form_caller(form_id)?;
-    let signer = CallerSigner::new(state.mesh_key(), caller.clone());
     let form =
         state.consent_as(caller.clone()).get_form(pb::GetFormRequest { id: form_id.to_string() }).await?.into_inner();
-    let mut contacts = carnet_proto::contacts::v1::contacts_service_client::ContactsServiceClient::with_interceptor(
-        state.contacts_channel(),
-        signer,
-    );
-    let policy = contacts.get_field_policy(pb_contacts::GetFieldPolicyRequest {}).await?.into_inner();
+    let policy =
+        state.contacts_as(caller.clone()).get_field_policy(pb_contacts::GetFieldPolicyRequest {}).await?.into_inner();
     Ok((caller, form, policy))
 }
 
@@ -301,11 +297,7 @@ async fn submit(
             }
         }
     }
-    let signer = CallerSigner::new(state.mesh_key(), caller.clone());
-    let mut contacts = carnet_proto::contacts::v1::contacts_service_client::ContactsServiceClient::with_interceptor(
-        state.contacts_channel(),
-        signer,
-    );
+    let mut contacts = state.contacts_as(caller.clone());
     // A person already known keeps their data: a public form never overwrites it.
     let contact_id = match contacts.create_contact(req).await {
         Ok(c) => c.into_inner().id,
