@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "carnet/common/v1/common.proto",
     "carnet/contacts/v1/contacts.proto",
     "carnet/consent/v1/consent.proto",
+    "carnet/comms/v1/comms.proto",
     "carnet/events/v1/events.proto",
     "carnet/bench/v1/echo.proto",
 ];

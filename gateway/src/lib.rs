@@ -31,6 +31,7 @@ use tonic::transport::Channel;
 
 use carnet_kit::config::{ConfigError, Validate};
 use carnet_kit::{CallerSigner, ErrorCode, MeshKey};
+use carnet_proto::comms::v1::comms_service_client::CommsServiceClient;
 use carnet_proto::consent::v1::consent_service_client::ConsentServiceClient;
 use carnet_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
 
@@ -63,6 +64,8 @@ pub struct GatewayConfig {
     pub contacts_endpoint: String,
     /// The consent service; empty in monolith mode.
     pub consent_endpoint: String,
+    /// The comms service; empty in monolith mode.
+    pub comms_endpoint: String,
     pub oidc: jwt::OidcConfig,
 }
 
@@ -74,9 +77,11 @@ impl Validate for GatewayConfig {
         if self.max_body_bytes == 0 || self.request_timeout_ms == 0 {
             return Err(ConfigError("gateway.max_body_bytes and gateway.request_timeout_ms must be positive".into()));
         }
-        for (key, endpoint) in
-            [("contacts_endpoint", &self.contacts_endpoint), ("consent_endpoint", &self.consent_endpoint)]
-        {
+        for (key, endpoint) in [
+            ("contacts_endpoint", &self.contacts_endpoint),
+            ("consent_endpoint", &self.consent_endpoint),
+            ("comms_endpoint", &self.comms_endpoint),
+        ] {
             if !endpoint.is_empty() && !endpoint.starts_with("http") {
                 return Err(ConfigError(format!("gateway.{key} must be an http:// or https:// URL")));
             }
@@ -95,6 +100,7 @@ pub struct AppState {
     mesh_key: MeshKey,
     contacts: Channel,
     consent: Channel,
+    comms_opt: Option<Channel>,
 }
 
 /// Channels to the services the gateway fronts.
@@ -102,6 +108,8 @@ pub struct AppState {
 pub struct Upstreams {
     pub contacts: Channel,
     pub consent: Channel,
+    /// `None` when this gateway fronts no comms service: its routes answer `unavailable`.
+    pub comms_opt: Option<Channel>,
 }
 
 impl AppState {
@@ -113,8 +121,8 @@ impl AppState {
         upstreams: Upstreams,
     ) -> Self {
         let limiter = Arc::new(RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst));
-        let Upstreams { contacts, consent } = upstreams;
-        AppState { config: Arc::new(config), keys, jwt_opt, limiter, mesh_key, contacts, consent }
+        let Upstreams { contacts, consent, comms_opt } = upstreams;
+        AppState { config: Arc::new(config), keys, jwt_opt, limiter, mesh_key, contacts, consent, comms_opt }
     }
 
     /// The key signing callers into the mesh (and, derived, the gateway's own tokens).
@@ -136,6 +144,25 @@ impl AppState {
         self.consent_as(auth.0.clone())
     }
 
+    /// A comms client signing `auth`'s caller into every call.
+    pub fn comms(
+        &self,
+        auth: &Auth,
+    ) -> Result<CommsServiceClient<InterceptedService<Channel, CallerSigner>>, ApiError> {
+        self.comms_as(auth.0.clone())
+    }
+
+    /// A comms client acting as `caller`; `unavailable` when no comms service is configured.
+    pub fn comms_as(
+        &self,
+        caller: carnet_kit::Caller,
+    ) -> Result<CommsServiceClient<InterceptedService<Channel, CallerSigner>>, ApiError> {
+        let channel = self.comms_opt.clone().ok_or_else(|| {
+            ApiError::new(ErrorCode::Unavailable, "no comms service is configured (gateway.comms_endpoint)")
+        })?;
+        Ok(CommsServiceClient::with_interceptor(channel, self.signer(caller)))
+    }
+
     /// A contacts client acting as `caller` (public pages act for the tenant a link or form names).
     pub fn contacts_as(
         &self,
@@ -155,7 +182,7 @@ impl AppState {
 
 /// Builds the HTTP router.
 pub fn router(state: AppState) -> Router {
-    use routes::{consent, contacts, forms, keys, public};
+    use routes::{comms, consent, contacts, forms, keys, public};
     // Bodies are read at most this far: a larger one is refused without being buffered whole.
     let body_limit = axum::extract::DefaultBodyLimit::max(state.config.max_body_bytes);
     Router::new()
@@ -179,6 +206,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/purposes/{key}/notice", put(consent::put_notice))
         .route("/v1/consents", post(consent::record_consent))
         .route("/v1/consents/check", post(consent::check))
+        .route("/v1/templates", post(comms::create_template))
+        .route("/v1/templates/{id}", get(comms::get_template))
+        .route("/v1/messages", post(comms::send_message))
+        .route("/v1/messages/{id}", get(comms::get_message))
+        .route("/v1/campaigns", post(comms::create_campaign).get(comms::list_campaigns))
+        .route("/v1/campaigns/{id}", get(comms::get_campaign))
+        .route("/v1/campaigns/{id}/send", post(comms::send_campaign))
+        .route("/v1/sequences", post(comms::create_sequence))
+        .route("/v1/sequences/{id}", get(comms::get_sequence))
+        .route("/v1/sequences/{id}/enrollments", post(comms::enroll))
+        .route("/v1/consent-requests", post(comms::request_consent))
+        .route("/v1/bounces", post(comms::report_bounce))
+        .route("/v1/suppressions", post(comms::suppress))
+        .route("/v1/calls", post(comms::log_call))
+        .route("/v1/calls/{id}", axum::routing::patch(comms::update_call))
+        .route("/v1/contacts/{id}/timeline", get(comms::timeline))
         .route("/v1/forms", post(forms::create_form))
         .route("/f/{form_id}", get(forms::form_page).post(forms::submit_form))
         .route("/o/{token}", get(public::confirm))

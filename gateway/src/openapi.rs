@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::Problem;
-use crate::routes::{consent, contacts, forms, keys};
+use crate::routes::{comms, consent, contacts, forms, keys};
 
 struct BearerAuth;
 
@@ -47,6 +47,23 @@ impl Modify for BearerAuth {
         consent::record_consent,
         consent::contact_consents,
         consent::check,
+        comms::create_template,
+        comms::get_template,
+        comms::send_message,
+        comms::get_message,
+        comms::create_campaign,
+        comms::list_campaigns,
+        comms::get_campaign,
+        comms::send_campaign,
+        comms::create_sequence,
+        comms::get_sequence,
+        comms::enroll,
+        comms::request_consent,
+        comms::report_bounce,
+        comms::suppress,
+        comms::log_call,
+        comms::update_call,
+        comms::timeline,
         forms::create_form,
         keys::create_key,
         keys::list_keys,
@@ -55,7 +72,7 @@ impl Modify for BearerAuth {
     components(schemas(Problem)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "contacts", description = "Contacts, field policy, restriction, objection, export"), (name = "consent", description = "Purposes, notice versions, the consent ledger, checks"), (name = "keys", description = "API keys of the caller's tenant"))
+    tags((name = "contacts", description = "Contacts, field policy, restriction, objection, export"), (name = "consent", description = "Purposes, notice versions, the consent ledger, checks"), (name = "comms", description = "Consent-gated e-mail, sequences, suppression, calls, timeline"), (name = "keys", description = "API keys of the caller's tenant"))
 )]
 pub struct ApiDoc;
 

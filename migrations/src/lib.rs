@@ -4,6 +4,7 @@
 //!
 //! `carnet migrate` runs them; `carnet up` runs them at start.
 
+pub mod comms;
 pub mod consent;
 pub mod contacts;
 pub mod gateway;

@@ -26,6 +26,12 @@ pub mod consent {
     }
 }
 
+pub mod comms {
+    pub mod v1 {
+        tonic::include_proto!("carnet.comms.v1");
+    }
+}
+
 pub mod events {
     pub mod v1 {
         tonic::include_proto!("carnet.events.v1");

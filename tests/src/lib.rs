@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod postgres;
+pub mod smtp;
 
 use std::path::Path;
 
@@ -16,12 +17,14 @@ use carnet_cli::{CarnetConfig, Target};
 use carnet_gateway::keys::KeyStore;
 use carnet_gateway::roles::Role;
 use carnet_kit::{Caller, CallerSigner, MeshKey, Permission};
+use carnet_proto::comms::v1::comms_service_client::CommsServiceClient;
 use carnet_proto::consent::v1::consent_service_client::ConsentServiceClient;
 use carnet_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
 
 pub type Signed = InterceptedService<Channel, CallerSigner>;
 pub type ContactsClient = ContactsServiceClient<Signed>;
 pub type ConsentClient = ConsentServiceClient<Signed>;
+pub type CommsClient = CommsServiceClient<Signed>;
 
 /// A node running in this process, with its data dir (removed on drop).
 pub struct Sandbox {
@@ -69,6 +72,7 @@ impl Sandbox {
                 overrides.push(("contacts.database_url", url));
                 overrides.push(("gateway.database_url", postgres::fresh_database(server).await));
                 overrides.push(("consent.database_url", postgres::fresh_database(server).await));
+                overrides.push(("comms.database_url", postgres::fresh_database(server).await));
                 overrides.push(("mesh.signing_key", MeshKey::generate().to_hex()));
                 Mode::Split
             }
@@ -92,6 +96,14 @@ impl Sandbox {
     /// A consent client acting as `caller`.
     pub fn consent(&self, caller: &Caller) -> ConsentClient {
         ConsentServiceClient::with_interceptor(
+            self.channel(),
+            CallerSigner::new(self.node.mesh_key.clone(), caller.clone()),
+        )
+    }
+
+    /// A comms client acting as `caller`.
+    pub fn comms(&self, caller: &Caller) -> CommsClient {
+        CommsServiceClient::with_interceptor(
             self.channel(),
             CallerSigner::new(self.node.mesh_key.clone(), caller.clone()),
         )
@@ -139,6 +151,18 @@ impl Sandbox {
         drop(channel);
         node.shutdown().await.expect("clean shutdown");
     }
+}
+
+/// Configuration overrides pointing comms at a loopback SMTP relay (plain, no TLS) that is polled
+/// often, so mail tests do not wait.
+pub fn smtp_overrides(port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("comms.smtp.host", "127.0.0.1".to_string()),
+        ("comms.smtp.port", port.to_string()),
+        ("comms.smtp.tls", "none".to_string()),
+        ("comms.poll_interval_ms", "100".to_string()),
+        ("comms.retry_base_ms", "200".to_string()),
+    ]
 }
 
 /// A caller of a brand-new tenant holding every permission.

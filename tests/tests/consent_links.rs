@@ -40,7 +40,7 @@ async fn test_pending_consent_needs_the_link_and_withdrawal_is_one_click() {
     let comms = Caller::new(tenant, "service:comms", [Permission::CommsSend]);
     let links = sb
         .consent(&comms)
-        .issue_links(IssueLinksRequest { contact_id: id.clone(), purpose: "newsletter".into() })
+        .issue_links(IssueLinksRequest { contact_id: id.clone(), purpose: "newsletter".into(), ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -62,6 +62,7 @@ async fn test_pending_consent_needs_the_link_and_withdrawal_is_one_click() {
             purpose: "newsletter".into(),
             kind: LinkKind::Confirm,
             record_id_opt: Some(pending.json["id"].as_str().unwrap().parse().unwrap()),
+            notice_version_opt: None,
             exp: chrono::Utc::now().timestamp() - 60,
         },
     );

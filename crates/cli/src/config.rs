@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use carnet_comms::CommsConfig;
 use carnet_consent::ConsentConfig;
 use carnet_contacts::ContactsConfig;
 use carnet_gateway::GatewayConfig;
@@ -23,6 +24,7 @@ pub struct CarnetConfig {
     pub mesh: MeshConfig,
     pub contacts: ContactsConfig,
     pub consent: ConsentConfig,
+    pub comms: CommsConfig,
     pub gateway: GatewayConfig,
 }
 
@@ -32,6 +34,7 @@ impl Validate for CarnetConfig {
         self.telemetry.validate()?;
         self.contacts.validate()?;
         self.consent.validate()?;
+        self.comms.validate()?;
         self.gateway.validate()?;
         if self.node.data_dir.trim().is_empty() {
             return Err(ConfigError("node.data_dir must not be empty".into()));

@@ -135,6 +135,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 target_list(&node.targets),
                 cfg.data_dir().display()
             );
+            if let Some(note) = &node.mail_note_opt {
+                eprintln!("{note}");
+            }
             node.run_until(stop).await
         }
         Command::Serve { targets } => {

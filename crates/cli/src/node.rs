@@ -14,6 +14,7 @@ use carnet_contacts::{ContactStore, ContactsGrpc};
 use carnet_kit::db::{self, Db};
 use carnet_kit::{CallerInterceptor, MeshKey};
 use carnet_migrations::MigratorTrait;
+use carnet_proto::comms::v1::comms_service_server::CommsServiceServer;
 use carnet_proto::consent::v1::consent_service_server::ConsentServiceServer;
 use carnet_proto::contacts::v1::contacts_service_server::ContactsServiceServer;
 
@@ -40,6 +41,10 @@ pub struct Node {
     shutdown_grace: Duration,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     http_opt: Option<(oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)>,
+    /// The comms sender, stopped after the gateway and before the gRPC server.
+    dispatcher_opt: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    /// Where comms delivers mail, when this node runs it (said at start).
+    pub mail_note_opt: Option<String>,
     dbs: Vec<Db>,
 }
 
@@ -49,6 +54,12 @@ impl Node {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         // The gateway first, so no new call enters the services while they drain.
         if let Some((tx, mut task)) = self.http_opt.take() {
+            let _ = tx.send(());
+            if tokio::time::timeout(self.shutdown_grace, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+        if let Some((tx, mut task)) = self.dispatcher_opt.take() {
             let _ = tx.send(());
             if tokio::time::timeout(self.shutdown_grace, &mut task).await.is_err() {
                 task.abort();
@@ -123,6 +134,7 @@ pub fn database_url(cfg: &CarnetConfig, target: Target) -> anyhow::Result<(Strin
     let (url, max) = match target {
         Target::Contacts => (&cfg.contacts.database_url, cfg.contacts.max_connections),
         Target::Consent => (&cfg.consent.database_url, cfg.consent.max_connections),
+        Target::Comms => (&cfg.comms.database_url, cfg.comms.max_connections),
         Target::Gateway => (&cfg.gateway.database_url, cfg.gateway.max_connections),
     };
     if !url.is_empty() {
@@ -139,6 +151,7 @@ pub async fn open_database(cfg: &CarnetConfig, target: Target, apply: bool) -> a
     match target {
         Target::Contacts => migrate::<carnet_migrations::contacts::Migrator>(&db, target, apply).await?,
         Target::Consent => migrate::<carnet_migrations::consent::Migrator>(&db, target, apply).await?,
+        Target::Comms => migrate::<carnet_migrations::comms::Migrator>(&db, target, apply).await?,
         Target::Gateway => migrate::<carnet_migrations::gateway::Migrator>(&db, target, apply).await?,
     }
     Ok(db)
@@ -166,6 +179,7 @@ async fn start_gateway(
     grpc_addr: SocketAddr,
     mesh_key: MeshKey,
     db: Db,
+    listener: tokio::net::TcpListener,
 ) -> anyhow::Result<(SocketAddr, oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)> {
     let upstreams = carnet_gateway::Upstreams {
         contacts: peer_channel(
@@ -180,6 +194,17 @@ async fn start_gateway(
             grpc_addr,
             "gateway.consent_endpoint",
         )?,
+        // Optional: a gateway without comms answers its routes with `unavailable`.
+        comms_opt: if cfg.gateway.comms_endpoint.is_empty() && !targets.contains(&Target::Comms) {
+            None
+        } else {
+            Some(peer_channel(
+                &cfg.gateway.comms_endpoint,
+                targets.contains(&Target::Comms),
+                grpc_addr,
+                "gateway.comms_endpoint",
+            )?)
+        },
     };
     let jwt_opt = carnet_gateway::jwt::JwtVerifier::from_config(&cfg.gateway.oidc)
         .await
@@ -191,8 +216,6 @@ async fn start_gateway(
         mesh_key,
         upstreams,
     );
-    let addr: SocketAddr = cfg.gateway.listen_addr.parse().context("gateway.listen_addr")?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("failed to bind {addr}"))?;
     let http_addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
     let app = carnet_gateway::router(state);
@@ -267,6 +290,15 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
     let addr: SocketAddr = cfg.grpc.listen_addr.parse().context("grpc.listen_addr")?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("failed to bind {addr}"))?;
     let grpc_addr = listener.local_addr()?;
+    // The gateway's listener too: comms puts its address in people's links in monolith mode.
+    let http_listener_opt = if targets.contains(&Target::Gateway) {
+        let addr: SocketAddr = cfg.gateway.listen_addr.parse().context("gateway.listen_addr")?;
+        Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("failed to bind {addr}"))?)
+    } else {
+        None
+    };
+    let mut dispatcher_opt = None;
+    let mut mail_note_opt = None;
     let mut dbs = Vec::new();
     let mut gateway_db_opt = None;
     let mut sorted = targets.to_vec();
@@ -300,6 +332,42 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
                     .set_service_status("carnet.consent.v1.ConsentService", tonic_health::ServingStatus::Serving)
                     .await;
             }
+            Target::Comms => {
+                let peer = |endpoint: &str, target: Target, key: &str| {
+                    peer_channel(endpoint, sorted.contains(&target), grpc_addr, key)
+                };
+                let contacts = peer(&cfg.comms.contacts_endpoint, Target::Contacts, "comms.contacts_endpoint")?;
+                let consent = peer(&cfg.comms.consent_endpoint, Target::Consent, "comms.consent_endpoint")?;
+                let public_url = match (&cfg.comms.public_url, &http_listener_opt) {
+                    (url, _) if !url.is_empty() => url.clone(),
+                    (_, Some(l)) => format!("http://{}", l.local_addr()?),
+                    (_, None) => bail!("comms.public_url is required when this process does not run the gateway"),
+                };
+                let mailer = carnet_comms::Mailer::from_config(&cfg.comms.smtp, cfg.data_dir().join("mail"))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                mail_note_opt = Some(match &mailer {
+                    carnet_comms::Mailer::Files(dir) => {
+                        format!("no SMTP relay configured: mail is written as .eml files under {}", dir.display())
+                    }
+                    carnet_comms::Mailer::Smtp(_) => {
+                        format!("mail goes to the SMTP relay {}:{}", cfg.comms.smtp.host, cfg.comms.smtp.port)
+                    }
+                });
+                let store = carnet_comms::CommsStore::new(db.clone());
+                let peers = carnet_comms::peers::Peers::new(contacts, consent, mesh_key.clone());
+                let hasher = carnet_comms::AddressHasher::new(mesh_key.derive("comms-suppression"));
+                let dispatcher =
+                    carnet_comms::Dispatcher::new(&cfg.comms, store.clone(), peers.clone(), mailer, hasher, public_url);
+                let grpc =
+                    carnet_comms::CommsGrpc::new(store, peers, dispatcher.clone(), cfg.comms.recording_purpose.clone());
+                let svc = CommsServiceServer::new(grpc).max_decoding_message_size(cfg.grpc.max_message_bytes);
+                router =
+                    router.add_service(tonic::service::interceptor::InterceptedService::new(svc, interceptor.clone()));
+                health_reporter
+                    .set_service_status("carnet.comms.v1.CommsService", tonic_health::ServingStatus::Serving)
+                    .await;
+                dispatcher_opt = Some(dispatcher);
+            }
             Target::Gateway => gateway_db_opt = Some(db.clone()),
         }
         dbs.push(db);
@@ -309,10 +377,23 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = shutdown_rx.await;
     }));
-    let http_opt = match gateway_db_opt {
-        Some(db) => Some(start_gateway(cfg, &sorted, grpc_addr, mesh_key.clone(), db).await?),
-        None => None,
+    let http_opt = match (gateway_db_opt, http_listener_opt) {
+        (Some(db), Some(listener)) => {
+            Some(start_gateway(cfg, &sorted, grpc_addr, mesh_key.clone(), db, listener).await?)
+        }
+        _ => None,
     };
+    // The sender starts once the services it calls are serving.
+    let dispatcher_opt = dispatcher_opt.map(|dispatcher| {
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(dispatcher.run(async {
+            let _ = rx.await;
+        }));
+        (tx, task)
+    });
+    if let Some(note) = &mail_note_opt {
+        tracing::info!("{note}");
+    }
     let http_addr_opt = http_opt.as_ref().map(|(addr, _, _)| *addr);
     tracing::info!(%grpc_addr, ?http_addr_opt, targets = ?sorted, ?mode, "carnet node started");
     let shutdown_grace = Duration::from_millis(cfg.grpc.shutdown_grace_ms);
@@ -325,6 +406,8 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
         shutdown_grace,
         server,
         http_opt: http_opt.map(|(_, tx, task)| (tx, task)),
+        dispatcher_opt,
+        mail_note_opt,
         dbs,
     })
 }

@@ -8,16 +8,18 @@ use std::str::FromStr;
 pub enum Target {
     Contacts,
     Consent,
+    Comms,
     Gateway,
 }
 
 impl Target {
-    pub const ALL: [Target; 3] = [Target::Contacts, Target::Consent, Target::Gateway];
+    pub const ALL: [Target; 4] = [Target::Contacts, Target::Consent, Target::Comms, Target::Gateway];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Target::Contacts => "contacts",
             Target::Consent => "consent",
+            Target::Comms => "comms",
             Target::Gateway => "gateway",
         }
     }

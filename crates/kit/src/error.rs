@@ -17,6 +17,9 @@ pub enum ErrorCode {
     Conflict,
     /// The request is well-formed but the record's state forbids it.
     FailedPrecondition,
+    /// The person has not agreed (or another lawful basis is missing) for what was asked:
+    /// a mail for a purpose, a call recording.
+    ConsentRequired,
     PermissionDenied,
     Unauthenticated,
     ResourceExhausted,
@@ -27,12 +30,13 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::InvalidArgument,
         ErrorCode::NotFound,
         ErrorCode::AlreadyExists,
         ErrorCode::Conflict,
         ErrorCode::FailedPrecondition,
+        ErrorCode::ConsentRequired,
         ErrorCode::PermissionDenied,
         ErrorCode::Unauthenticated,
         ErrorCode::ResourceExhausted,
@@ -50,6 +54,7 @@ impl ErrorCode {
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::Conflict => "conflict",
             ErrorCode::FailedPrecondition => "failed_precondition",
+            ErrorCode::ConsentRequired => "consent_required",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::ResourceExhausted => "resource_exhausted",
@@ -67,7 +72,7 @@ impl ErrorCode {
             ErrorCode::NotFound => tonic::Code::NotFound,
             ErrorCode::AlreadyExists => tonic::Code::AlreadyExists,
             ErrorCode::Conflict => tonic::Code::Aborted,
-            ErrorCode::FailedPrecondition => tonic::Code::FailedPrecondition,
+            ErrorCode::FailedPrecondition | ErrorCode::ConsentRequired => tonic::Code::FailedPrecondition,
             ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
@@ -86,6 +91,7 @@ impl ErrorCode {
             ErrorCode::PermissionDenied => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::AlreadyExists | ErrorCode::Conflict | ErrorCode::FailedPrecondition => 409,
+            ErrorCode::ConsentRequired => 422,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::ResourceExhausted => 429,
             ErrorCode::Internal => 500,

@@ -18,6 +18,8 @@ use uuid::Uuid;
 pub enum LinkKind {
     Confirm,
     Withdraw,
+    /// Grants consent to the notice version it names (a consent-request mail's acceptance link).
+    Accept,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +35,9 @@ pub struct LinkClaims {
     /// For a confirmation: the pending grant it confirms.
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
     pub record_id_opt: Option<Uuid>,
+    /// For an acceptance: the notice version the person is shown and agrees to.
+    #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
+    pub notice_version_opt: Option<u32>,
     /// Unix seconds.
     pub exp: i64,
 }
@@ -112,6 +117,7 @@ mod tests {
             purpose: "newsletter".into(),
             kind: LinkKind::Confirm,
             record_id_opt: Some(Uuid::now_v7()),
+            notice_version_opt: None,
             exp,
         }
     }

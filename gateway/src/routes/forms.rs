@@ -309,8 +309,9 @@ async fn submit(
             }
         }
     };
-    let mut consent = state.consent_as(caller);
+    let mut consent = state.consent_as(caller.clone());
     let mut pending = 0;
+    let mut pending_purposes = Vec::new();
     for (purpose, version) in &token.v {
         if values.get(&format!("consent_{purpose}")).is_none_or(|v| v.is_empty()) {
             continue;
@@ -333,6 +334,22 @@ async fn submit(
         };
         consent.record_consent(record).await?;
         pending += 1;
+        pending_purposes.push(purpose.clone());
+    }
+    // Double opt-in: comms mails each confirmation link. The grants are recorded whatever
+    // happens here; a failed request is logged and can be sent again (POST /v1/consent-requests).
+    let Ok(mut comms) = state.comms_as(caller) else {
+        if !pending_purposes.is_empty() {
+            tracing::warn!("no comms service is configured: double opt-in mails are not sent");
+        }
+        return Ok(pending);
+    };
+    for purpose in pending_purposes {
+        let req = carnet_proto::comms::v1::RequestConsentRequest { purpose, contact_ids: vec![contact_id.clone()] };
+        if let Err(status) = comms.request_consent(req).await {
+            let err = ServiceError::from_status(&status);
+            tracing::warn!(code = err.code.as_str(), "the double opt-in mail could not be queued");
+        }
     }
     Ok(pending)
 }

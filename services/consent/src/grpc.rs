@@ -40,12 +40,74 @@ pub const CONFIRM_LINK_DAYS: i64 = 7;
 /// How long a withdraw link stays valid (it travels in every mail; withdrawing must stay easy).
 pub const WITHDRAW_LINK_DAYS: i64 = 3 * 365;
 
+/// Most links signed in one IssueLinksBatch call.
+pub const MAX_BATCH_LINKS: usize = 1_000;
+
 impl ConsentGrpc {
     /// `contacts` reaches the contacts service, asked for restriction and objection flags as
     /// `service:consent` with `contacts:read` in the caller's tenant.
     pub fn new(store: ConsentStore, contacts: Channel, mesh_key: MeshKey) -> Self {
         let links_key = std::sync::Arc::new(mesh_key.derive("consent-links"));
         ConsentGrpc { store, contacts, mesh_key, links_key }
+    }
+
+    /// Signs the links of one contact and purpose (`purposes` caches purpose lookups of a batch;
+    /// `prefix` names the request in field errors).
+    async fn links_for(
+        &self,
+        caller: &Caller,
+        req: pb::IssueLinksRequest,
+        purposes: &mut HashMap<String, u32>,
+        prefix: &str,
+    ) -> Result<pb::IssueLinksResponse, ServiceError> {
+        use carnet_kit::links::{LinkClaims, LinkKind, sign};
+        let contact_id = parse_id(&format!("{prefix}contact_id"), &req.contact_id)?;
+        let current_version = match purposes.get(&req.purpose) {
+            Some(v) => *v,
+            None => {
+                let purpose = self
+                    .store
+                    .purpose(caller.tenant_id, &req.purpose)
+                    .await
+                    .map_err(|e| e.with_field(format!("{prefix}purpose")))?;
+                purposes.insert(req.purpose.clone(), purpose.current_version as u32);
+                purpose.current_version as u32
+            }
+        };
+        let now = chrono::Utc::now();
+        let claims = |kind, record_id_opt, notice_version_opt, exp: chrono::DateTime<chrono::Utc>| LinkClaims {
+            tenant_id: caller.tenant_id,
+            contact_id,
+            purpose: req.purpose.clone(),
+            kind,
+            record_id_opt,
+            notice_version_opt,
+            exp: exp.timestamp(),
+        };
+        let mut answer = pb::IssueLinksResponse::default();
+        if !req.withdraw_only {
+            let state_opt = self.store.state(caller.tenant_id, contact_id, &req.purpose).await?;
+            match &state_opt {
+                Some((state, record_id)) if state.status == ConsentStatus::Pending => {
+                    let exp = now + chrono::Duration::days(CONFIRM_LINK_DAYS);
+                    answer.confirm_token =
+                        sign(&self.links_key, &claims(LinkKind::Confirm, Some(*record_id), None, exp));
+                    answer.confirm_expires_at = Some(to_timestamp(exp));
+                }
+                Some((state, _)) if state.status == ConsentStatus::Granted => {}
+                _ if req.offer => {
+                    let exp = now + chrono::Duration::days(CONFIRM_LINK_DAYS);
+                    answer.accept_token =
+                        sign(&self.links_key, &claims(LinkKind::Accept, None, Some(current_version), exp));
+                    answer.accept_expires_at = Some(to_timestamp(exp));
+                    answer.notice_version = current_version;
+                }
+                _ => {}
+            }
+        }
+        let exp = now + chrono::Duration::days(WITHDRAW_LINK_DAYS);
+        answer.withdraw_token = sign(&self.links_key, &claims(LinkKind::Withdraw, None, None, exp));
+        Ok(answer)
     }
 
     fn contacts_client(&self, caller: &Caller) -> ContactsServiceClient<InterceptedService<Channel, CallerSigner>> {
@@ -390,38 +452,27 @@ impl ConsentService for ConsentGrpc {
         &self,
         request: Request<pb::IssueLinksRequest>,
     ) -> Result<Response<pb::IssueLinksResponse>, Status> {
-        use carnet_kit::links::{LinkClaims, LinkKind, sign};
         let caller = caller(&request, &[Permission::ConsentManage, Permission::CommsSend])?;
         let req = request.into_inner();
-        let contact_id = parse_id("contact_id", &req.contact_id)?;
-        self.store.purpose(caller.tenant_id, &req.purpose).await.map_err(|e| e.with_field("purpose"))?;
-        let now = chrono::Utc::now();
-        let mut answer = pb::IssueLinksResponse::default();
-        if let Some((state, record_id)) = self.store.state(caller.tenant_id, contact_id, &req.purpose).await?
-            && state.status == ConsentStatus::Pending
-        {
-            let exp = now + chrono::Duration::days(CONFIRM_LINK_DAYS);
-            let claims = LinkClaims {
-                tenant_id: caller.tenant_id,
-                contact_id,
-                purpose: req.purpose.clone(),
-                kind: LinkKind::Confirm,
-                record_id_opt: Some(record_id),
-                exp: exp.timestamp(),
-            };
-            answer.confirm_token = sign(&self.links_key, &claims);
-            answer.confirm_expires_at = Some(to_timestamp(exp));
+        let mut purposes = HashMap::new();
+        Ok(Response::new(self.links_for(&caller, req, &mut purposes, "").await?))
+    }
+
+    async fn issue_links_batch(
+        &self,
+        request: Request<pb::IssueLinksBatchRequest>,
+    ) -> Result<Response<pb::IssueLinksBatchResponse>, Status> {
+        let caller = caller(&request, &[Permission::ConsentManage, Permission::CommsSend])?;
+        let requests = request.into_inner().requests;
+        if requests.len() > MAX_BATCH_LINKS {
+            return Err(ServiceError::invalid_field("requests", format!("at most {MAX_BATCH_LINKS} per call")).into());
         }
-        let claims = LinkClaims {
-            tenant_id: caller.tenant_id,
-            contact_id,
-            purpose: req.purpose,
-            kind: LinkKind::Withdraw,
-            record_id_opt: None,
-            exp: (now + chrono::Duration::days(WITHDRAW_LINK_DAYS)).timestamp(),
-        };
-        answer.withdraw_token = sign(&self.links_key, &claims);
-        Ok(Response::new(answer))
+        let mut purposes = HashMap::new();
+        let mut responses = Vec::with_capacity(requests.len());
+        for (i, req) in requests.into_iter().enumerate() {
+            responses.push(self.links_for(&caller, req, &mut purposes, &format!("requests[{i}].")).await?);
+        }
+        Ok(Response::new(pb::IssueLinksBatchResponse { responses }))
     }
 
     async fn redeem_link(
@@ -456,6 +507,30 @@ impl ConsentService for ConsentGrpc {
                     .await?;
                 (pb::ConsentAction::Grant, status, done)
             }
+            LinkKind::Accept => {
+                let current = self.store.state(claims.tenant_id, claims.contact_id, &claims.purpose).await?;
+                if current.as_ref().is_some_and(|(s, _)| s.status == ConsentStatus::Granted) {
+                    (pb::ConsentAction::Grant, ConsentStatus::Granted, true)
+                } else {
+                    let input = RecordInput {
+                        contact_id: claims.contact_id,
+                        purpose: claims.purpose.clone(),
+                        action: Action::Grant,
+                        lawful_basis_opt: None,
+                        source: ConsentSource::EmailOptin,
+                        form_id_opt: None,
+                        notice_version_opt: claims.notice_version_opt.map(|v| v as i32),
+                        at_opt: None,
+                        ip_opt,
+                        user_agent_opt: ua_opt,
+                        justification_opt: None,
+                        require_confirmation: false,
+                        expected_record_opt: None,
+                    };
+                    let record = self.store.record(claims.tenant_id, "subject:link", input).await?;
+                    (pb::ConsentAction::Grant, record.status, false)
+                }
+            }
             LinkKind::Withdraw => {
                 let current = self.store.state(claims.tenant_id, claims.contact_id, &claims.purpose).await?;
                 if current.as_ref().is_some_and(|(s, _)| s.status == ConsentStatus::Withdrawn) {
@@ -488,6 +563,7 @@ impl ConsentService for ConsentGrpc {
             action: action as i32,
             status: status_to_proto(status) as i32,
             already_done,
+            contact_id: claims.contact_id.to_string(),
         }))
     }
 

@@ -158,6 +158,29 @@ impl ContactsService for ContactsGrpc {
         self.set_flag(request, FlagKind::Objection).await
     }
 
+    async fn batch_get_contacts(
+        &self,
+        request: Request<pb::BatchGetContactsRequest>,
+    ) -> Result<Response<pb::BatchGetContactsResponse>, Status> {
+        let caller = caller(&request, Permission::ContactsRead)?;
+        let req = request.into_inner();
+        if req.ids.len() > crate::store::MAX_BATCH_GET {
+            return Err(
+                ServiceError::invalid_field("ids", format!("at most {} ids", crate::store::MAX_BATCH_GET)).into()
+            );
+        }
+        let ids = req
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| parse_id(&format!("ids[{i}]"), id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let contacts = self.store.get_many(caller.tenant_id, &ids).await?;
+        Ok(Response::new(pb::BatchGetContactsResponse {
+            contacts: contacts.into_iter().map(convert::contact_to_proto).collect(),
+        }))
+    }
+
     async fn get_subject_flags(
         &self,
         request: Request<pb::GetSubjectFlagsRequest>,

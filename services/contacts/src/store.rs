@@ -30,6 +30,9 @@ use crate::validate;
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 500;
 /// Most ids [`ContactStore::subject_flags`] accepts, and how many go into one query.
+/// Most contacts read by one [`ContactStore::get_many`].
+pub const MAX_BATCH_GET: usize = 1_000;
+
 pub const MAX_FLAG_IDS: usize = 10_000;
 const FLAGS_CHUNK: usize = MAX_FLAG_IDS;
 
@@ -424,6 +427,17 @@ impl ContactStore {
             flags.extend(rows.into_iter().map(|(id, r, o)| (id, (r, o))));
         }
         Ok(flags)
+    }
+
+    /// Returns the contacts of `ids` that exist in the tenant (at most [`MAX_BATCH_GET`]).
+    pub async fn get_many(&self, tenant_id: Uuid, ids: &[Uuid]) -> Result<Vec<Contact>, ServiceError> {
+        let rows = contact::Entity::find()
+            .filter(contact::Column::TenantId.eq(tenant_id))
+            .filter(contact::Column::Id.is_in(ids.iter().copied()))
+            .all(&self.db.read)
+            .await
+            .map_err(db_err)?;
+        rows.into_iter().map(to_domain).collect()
     }
 
     /// Returns the change history of a contact, oldest first.
