@@ -98,6 +98,8 @@ def parse_args(argv):
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--dir", required=True, help="where accepted messages are written")
     parser.add_argument("--auth", metavar="USER:PASS", help="require AUTH PLAIN/LOGIN before MAIL")
+    parser.add_argument("--tls-cert", metavar="PEM", help="offer (and require) STARTTLS with this certificate")
+    parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     parser.add_argument("--reject", metavar="RCPT", action="append", default=[],
                         help="answer RCPT TO for this address with 550 (repeatable)")
     args = parser.parse_args(argv)
@@ -114,12 +116,18 @@ async def serve(args):
         "hostname": "carnet-sink.localhost",
         "enable_SMTPUTF8": True,
     }
+    tls = args.tls_cert is not None
+    if tls:
+        import ssl
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        options.update(tls_context=context, require_starttls=True)
     if args.auth is not None:
         user, password = args.auth.split(":", 1)
         options.update(
             authenticator=authenticator_for(user, password),
             auth_required=True,
-            auth_require_tls=False,
+            auth_require_tls=tls,
         )
 
     loop = asyncio.get_running_loop()

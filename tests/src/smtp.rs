@@ -25,6 +25,8 @@ pub struct SinkOptions {
     /// Recipients answered `550 5.1.1 mailbox unavailable` at RCPT TO (case-insensitive): a
     /// hard bounce.
     pub reject: Vec<String>,
+    /// `(certificate PEM, key PEM)` paths: STARTTLS is then offered and required.
+    pub tls_opt: Option<(PathBuf, PathBuf)>,
 }
 
 /// A running loopback SMTP server; killed, and its directory removed, on drop.
@@ -205,6 +207,9 @@ impl SmtpSink {
         for rcpt in &opts.reject {
             command.arg("--reject").arg(rcpt);
         }
+        if let Some((cert, key)) = &opts.tls_opt {
+            command.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -327,4 +332,56 @@ fn read_message(path: &Path) -> ReceivedMail {
     };
     let received_at = json["received_at"].as_f64().unwrap_or_default();
     ReceivedMail::parse(mail_from, rcpt_tos, &bytes, received_at).unwrap_or_else(|e| fail(e))
+}
+
+/// A private CA and a relay certificate it signed for `localhost` and `127.0.0.1`, made with
+/// `openssl` in `dir`: (CA certificate, relay certificate, relay key) paths.
+pub fn private_ca_and_relay_cert(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl runs (apt-get install openssl)");
+        assert!(status.success(), "openssl {args:?} failed");
+    };
+    std::fs::write(dir.join("relay.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+        .unwrap();
+    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Carnet test CA"]
+        .iter()
+        .chain(&["-keyout", "ca.key", "-out", "ca.crt"])
+        .copied()
+        .collect::<Vec<_>>());
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "relay.key",
+        "-out",
+        "relay.csr",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "relay.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "relay.ext",
+        "-out",
+        "relay.crt",
+    ]);
+    (dir.join("ca.crt"), dir.join("relay.crt"), dir.join("relay.key"))
 }

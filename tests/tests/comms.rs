@@ -63,6 +63,11 @@ async fn wait_until(http: &Http, key: &str, path: &str, done: impl Fn(&Value) ->
     }
 }
 
+/// A mail's final states.
+fn settled(m: &Value) -> bool {
+    ["sent", "skipped", "failed"].contains(&m["status"].as_str().unwrap_or_default())
+}
+
 fn to(m: &ReceivedMail) -> String {
     m.rcpt_tos.join(",")
 }
@@ -466,6 +471,96 @@ async fn test_subject_export_and_erasure_cover_comms_data() {
     let done = wait_until(&http, &key, &format!("/v1/campaigns/{cid}"), |c| c["status"] == "completed").await;
     assert_eq!(done["skipped"], json!({"suppressed": 1}), "{done}");
     assert_eq!(sink.count(), 1);
+    sb.stop().await;
+    sink.stop().await;
+}
+
+/// A sandbox mailing through `sink` with `extra` relay settings.
+async fn start_relay(sink: &SmtpSink, extra: &[(&'static str, String)]) -> Sandbox {
+    let mut overrides = smtp_overrides(sink.port);
+    overrides.extend(extra.iter().cloned());
+    Sandbox::start_with(Backend::Sqlite, &overrides).await
+}
+
+/// Sends one mail to a fresh consenting contact; returns the message id.
+async fn mail_one(http: &Http, key: &str, email: &str) -> String {
+    let id = contact(http, key, Some(email), "Relay").await;
+    consent(http, key, &id, "news", "grant").await;
+    let a = http
+        .json(
+            "POST",
+            "/v1/messages",
+            Some(key),
+            Some(json!({"contact_id": id, "purpose": "news", "subject": "S", "body": "B"})),
+        )
+        .await;
+    assert_eq!(a.status, 202, "{:?}", a.json);
+    a.json["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_starttls_and_auth_relay_delivers_and_bad_credentials_fail_without_bouncing() {
+    use carnet_tests::smtp::{SinkOptions, private_ca_and_relay_cert};
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key_pem) = private_ca_and_relay_cert(certs.path());
+    let opts = SinkOptions {
+        auth_opt: Some(("relay-user".into(), "relay-secret".into())),
+        tls_opt: Some((cert, key_pem)),
+        ..Default::default()
+    };
+    let Some(sink) = SmtpSink::start_with(opts).await else { return };
+    let tls = |password: &str| {
+        vec![
+            ("comms.smtp.tls", "starttls".to_string()),
+            ("comms.smtp.ca_file", ca.display().to_string()),
+            ("comms.smtp.username", "relay-user".to_string()),
+            ("comms.smtp.password", password.to_string()),
+            ("comms.max_attempts", "2".to_string()),
+        ]
+    };
+    let sb = start_relay(&sink, &tls("relay-secret")).await;
+    let http = sb.http();
+    let (_, key) = sb.tenant("Relay").await;
+    purpose(&http, &key, "news", "consent").await;
+    let id = mail_one(&http, &key, "tls@example.org").await;
+    let m = wait_until(&http, &key, &format!("/v1/messages/{id}"), settled).await;
+    assert_eq!(m["status"], "sent", "{m}");
+    assert_eq!(to(&sink.wait_for(1, WAIT).await[0]), "tls@example.org");
+    sb.stop().await;
+
+    // Wrong credentials are the relay's problem, not the recipient's: retried, then failed,
+    // and the address is not suppressed.
+    let sb = start_relay(&sink, &tls("wrong")).await;
+    let http = sb.http();
+    let (_, key) = sb.tenant("Relay").await;
+    purpose(&http, &key, "news", "consent").await;
+    let id = mail_one(&http, &key, "tls@example.org").await;
+    let m = wait_until(&http, &key, &format!("/v1/messages/{id}"), |m| m["status"] == "failed").await;
+    assert_eq!((m["reason"].as_str(), m["attempts"].as_u64()), (Some("delivery_failed"), Some(2)), "{m}");
+    assert_eq!(sink.count(), 1);
+    sb.stop().await;
+    sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_a_hard_bounce_fails_the_mail_and_suppresses_the_address() {
+    use carnet_tests::smtp::SinkOptions;
+    let opts = SinkOptions { reject: vec!["gone@example.org".into()], ..Default::default() };
+    let Some(sink) = SmtpSink::start_with(opts).await else { return };
+    let sb = start_relay(&sink, &[]).await;
+    let http = sb.http();
+    let (_, key) = sb.tenant("Bounce").await;
+    purpose(&http, &key, "news", "consent").await;
+    let id = mail_one(&http, &key, "gone@example.org").await;
+    let m = wait_until(&http, &key, &format!("/v1/messages/{id}"), settled).await;
+    assert_eq!((m["status"].as_str(), m["reason"].as_str()), (Some("failed"), Some("bounced")), "{m}");
+    // The same address under a new contact record (the first one deleted) is now suppressed.
+    let first = m["contact_id"].as_str().unwrap().to_string();
+    assert_eq!(http.json("DELETE", &format!("/v1/contacts/{first}"), Some(&key), None).await.status, 204);
+    let again = mail_one(&http, &key, "Gone@Example.org").await;
+    let m = wait_until(&http, &key, &format!("/v1/messages/{again}"), settled).await;
+    assert_eq!((m["status"].as_str(), m["reason"].as_str()), (Some("skipped"), Some("suppressed")), "{m}");
+    assert_eq!(sink.count(), 0);
     sb.stop().await;
     sink.stop().await;
 }

@@ -52,6 +52,14 @@ const ENDPOINTS: &[Endpoint] = &[
     Endpoint { method: "GET", path: "/v1/contacts/{id}/consents", permission: Permission::ContactsRead, ok: 200 },
     Endpoint { method: "POST", path: "/v1/consents/check", permission: Permission::ContactsRead, ok: 200 },
     Endpoint { method: "POST", path: "/v1/forms", permission: Permission::ConsentManage, ok: 201 },
+    Endpoint { method: "POST", path: "/v1/templates", permission: Permission::CommsSend, ok: 201 },
+    Endpoint { method: "POST", path: "/v1/messages", permission: Permission::CommsSend, ok: 202 },
+    Endpoint { method: "POST", path: "/v1/campaigns", permission: Permission::CommsSend, ok: 201 },
+    Endpoint { method: "POST", path: "/v1/sequences", permission: Permission::CommsSend, ok: 201 },
+    Endpoint { method: "POST", path: "/v1/consent-requests", permission: Permission::CommsSend, ok: 202 },
+    Endpoint { method: "POST", path: "/v1/bounces", permission: Permission::CommsSend, ok: 200 },
+    Endpoint { method: "POST", path: "/v1/calls", permission: Permission::CommsSend, ok: 201 },
+    Endpoint { method: "GET", path: "/v1/contacts/{id}/timeline", permission: Permission::ContactsRead, ok: 200 },
     Endpoint { method: "POST", path: "/v1/api-keys", permission: Permission::KeysManage, ok: 201 },
     Endpoint { method: "GET", path: "/v1/api-keys", permission: Permission::KeysManage, ok: 200 },
     Endpoint { method: "DELETE", path: "/v1/api-keys/{key}", permission: Permission::KeysManage, ok: 200 },
@@ -108,6 +116,9 @@ async fn test_every_role_against_every_endpoint() {
     let (tenant, owner) = sb.tenant("Matrix").await;
     let purpose = json!({"key": "newsletter", "lawful_basis": "consent", "notice": "Monthly news by e-mail."});
     assert_eq!(http.json("POST", "/v1/purposes", Some(&owner), Some(purpose)).await.status, 201);
+    // Service mail under a contract (recorded per contact before a message).
+    let purpose = json!({"key": "service", "lawful_basis": "contract", "notice": "Account notices."});
+    assert_eq!(http.json("POST", "/v1/purposes", Some(&owner), Some(purpose)).await.status, 201);
     let mut n = 0;
     for role in Role::ALL {
         let key = sb.key(tenant, role).await;
@@ -143,11 +154,31 @@ async fn test_every_role_against_every_endpoint() {
                 ("POST", "/v1/consents/check") => {
                     Some(json!({"checks": [{"contact_id": id, "purpose": "newsletter"}]}))
                 }
+                ("POST", "/v1/templates") => {
+                    Some(json!({"name": "t", "purpose": "service", "subject": "Hi {{first_name}}", "body": "B"}))
+                }
+                ("POST", "/v1/messages") => {
+                    Some(json!({"contact_id": id, "purpose": "service", "subject": "S", "body": "B"}))
+                }
+                ("POST", "/v1/campaigns") => {
+                    Some(json!({"purpose": "service", "subject": "S", "body": "B", "contact_ids": [id]}))
+                }
+                ("POST", "/v1/sequences") => Some(json!({"name": "s", "purpose": "service", "contact_ids": [id],
+                    "steps": [{"delay_seconds": 60, "subject": "S", "body": "B"}]})),
+                ("POST", "/v1/consent-requests") => Some(json!({"purpose": "newsletter", "contact_ids": [id]})),
+                ("POST", "/v1/bounces") => Some(json!({"email": format!("bounced{n}@example.org")})),
+                ("POST", "/v1/calls") => Some(json!({"contact_id": id, "direction": "inbound",
+                    "started_at": "2026-11-29T09:00:00Z", "duration_seconds": 10, "outcome": "connected"})),
                 ("POST", "/v1/forms") => {
                     Some(json!({"name": format!("Form {n}"), "fields": ["email"], "consents": ["newsletter"]}))
                 }
                 _ => None,
             };
+            if ep.path == "/v1/messages" {
+                let basis = json!({"contact_id": id, "purpose": "service", "action": "grant", "source": "api",
+                    "lawful_basis": "contract", "evidence": {"justification": "customer account"}});
+                assert_eq!(http.json("POST", "/v1/consents", Some(&owner), Some(basis)).await.status, 201);
+            }
             let before = http.json("GET", &format!("/v1/contacts/{id}"), Some(&owner), None).await.json;
             let a = http.json(ep.method, &path, Some(&key), body).await;
             let allowed = documented_permissions(role).contains(&ep.permission.as_str());

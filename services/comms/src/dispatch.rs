@@ -237,11 +237,12 @@ impl Dispatcher {
         }
         for (tenant_id, batch) in by_tenant {
             if let Err(e) = self.send_batch(tenant_id, batch.clone()).await {
-                // The peers are unreachable: put the batch back for a later round.
+                // A peer or the database failed: what was not sent goes back for a later round
+                // (a mail already handed to the relay is never put back).
                 tracing::warn!(%tenant_id, code = e.code.as_str(), "batch postponed");
                 let later = chrono::Utc::now() + chrono::Duration::from_std(s.retry_base).unwrap_or_default();
                 for d in &batch {
-                    self.inner.store.retry_later(d, later).await?;
+                    self.inner.store.release_claim(d, later).await?;
                 }
             }
         }
@@ -375,6 +376,9 @@ impl Dispatcher {
                 }
             }
         }
+        // Each mail is sent and its outcome recorded in its own future, so the commits of some
+        // overlap with the SMTP round trips of others.
+        let hashes = &hashes;
         let results = futures::stream::iter(outgoing)
             .map(|o| async move {
                 self.pace().await;
@@ -385,14 +389,21 @@ impl Dispatcher {
                     })
                 };
                 let res = self.inner.mailer.send(&o.message, &o.delivery.id.to_string(), hand_over).await;
-                (o.delivery, res)
+                self.record(o.delivery, res, hashes).await
             })
             .buffer_unordered(inner.settings.concurrency);
         tokio::pin!(results);
-        while let Some((d, res)) = results.next().await {
-            self.record(d, res, &hashes).await?;
+        let mut first_err_opt = None;
+        while let Some(res) = results.next().await {
+            if let Err(e) = res {
+                first_err_opt.get_or_insert(e);
+            }
         }
-        Ok(())
+        match first_err_opt {
+            // The rows not recorded stay claimed and come back when their lease expires.
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Records the outcome of one send.

@@ -78,6 +78,9 @@ pub struct SmtpConfig {
     pub username: String,
     pub password: String,
     pub timeout_ms: u64,
+    /// A PEM file of extra CA certificates to trust for the relay (a private CA); empty: the
+    /// system's web roots only.
+    pub ca_file: String,
     /// Pooled connections to the relay.
     pub max_connections: u32,
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use lettre::Message;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use tokio::sync::{Mutex, Semaphore};
@@ -93,25 +93,40 @@ impl SmtpRelay {
         }
     }
 
-    /// A new connection: EHLO, STARTTLS when configured, AUTH when configured.
+    /// A new connection: EHLO, STARTTLS when configured, AUTH when configured. Every failure
+    /// here is the relay's (or its configuration's), never the recipient's: it is temporary.
     async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+        self.connect_inner().await.map_err(|e| match e {
+            SendError::Permanent(s) | SendError::Transient(s) => {
+                tracing::warn!(summary = %s, "cannot open a session with the SMTP relay");
+                SendError::Transient(format!("relay session: {s}"))
+            }
+        })
+    }
+
+    async fn connect_inner(&self) -> Result<AsyncSmtpConnection, SendError> {
+        // Session errors hold no recipient data: their text is logged for the operator.
+        fn logged(e: lettre::transport::smtp::Error) -> lettre::transport::smtp::Error {
+            tracing::warn!(error = %e, "SMTP relay session error");
+            e
+        }
         let wrapper = if self.tls == "tls" { self.tls_parameters_opt.clone() } else { None };
-        let mut conn = self
-            .within(AsyncSmtpConnection::connect_tokio1(
-                (self.host.as_str(), self.port),
-                Some(self.timeout),
-                &self.hello,
-                wrapper,
-                None,
-            ))
-            .await?;
+        let connect = AsyncSmtpConnection::connect_tokio1(
+            (self.host.as_str(), self.port),
+            Some(self.timeout),
+            &self.hello,
+            wrapper,
+            None,
+        );
+        let mut conn = self.within(async { connect.await.map_err(logged) }).await?;
         if self.tls == "starttls"
             && let Some(params) = self.tls_parameters_opt.clone()
         {
-            self.within(conn.starttls(params, &self.hello)).await?;
+            self.within(async { conn.starttls(params, &self.hello).await.map_err(logged) }).await?;
         }
         if let Some(creds) = &self.credentials_opt {
-            self.within(conn.auth(&[Mechanism::Plain, Mechanism::Login], creds)).await?;
+            let mechanisms = [Mechanism::Plain, Mechanism::Login];
+            self.within(async { conn.auth(&mechanisms, creds).await.map_err(logged) }).await?;
         }
         Ok(conn)
     }
@@ -135,7 +150,12 @@ impl SmtpRelay {
                 params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
             }
             let res = async {
-                self.within(conn.command(Mail::new(envelope.from().cloned(), params))).await?;
+                // A refused sender is the relay's policy, not the recipient's bounce.
+                self.within(conn.command(Mail::new(envelope.from().cloned(), params))).await.map_err(|e| match e {
+                    SendError::Permanent(s) | SendError::Transient(s) => {
+                        SendError::Transient(format!("MAIL FROM: {s}"))
+                    }
+                })?;
                 for to in envelope.to() {
                     self.within(conn.command(Rcpt::new(to.clone(), vec![]))).await?;
                 }
@@ -202,7 +222,15 @@ impl Mailer {
         let tls_parameters_opt = if cfg.tls == "none" {
             None
         } else {
-            Some(TlsParameters::new(cfg.host.clone()).map_err(|e| ConfigError(format!("comms.smtp.tls: {e}")))?)
+            let mut builder = TlsParameters::builder(cfg.host.clone());
+            if !cfg.ca_file.is_empty() {
+                let pem = std::fs::read(&cfg.ca_file)
+                    .map_err(|e| ConfigError(format!("comms.smtp.ca_file {}: {e}", cfg.ca_file)))?;
+                let cert = Certificate::from_pem(&pem)
+                    .map_err(|e| ConfigError(format!("comms.smtp.ca_file {}: {e}", cfg.ca_file)))?;
+                builder = builder.add_root_certificate(cert);
+            }
+            Some(builder.build_rustls().map_err(|e| ConfigError(format!("comms.smtp.tls: {e}")))?)
         };
         let credentials_opt =
             (!cfg.username.is_empty()).then(|| Credentials::new(cfg.username.clone(), cfg.password.clone()));

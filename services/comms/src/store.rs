@@ -706,7 +706,22 @@ impl CommsStore {
         Ok(())
     }
 
-    /// Puts a claimed delivery back in the queue for a later attempt.
+    /// Gives a claim back for a later round, unless the mail was already handed to the relay.
+    pub async fn release_claim(&self, d: &delivery::Model, due_at: DateTime<Utc>) -> Result<(), ServiceError> {
+        delivery::Entity::update_many()
+            .col_expr(delivery::Column::Status, Expr::value(QUEUED))
+            .col_expr(delivery::Column::DueAt, Expr::value(due_at))
+            .col_expr(delivery::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+            .filter(delivery::Column::Id.eq(d.id))
+            .filter(delivery::Column::Status.eq(SENDING))
+            .exec(&self.db.write)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Puts a claimed delivery back in the queue for a later attempt (the relay refused it
+    /// for now, also after the hand-over).
     pub async fn retry_later(&self, d: &delivery::Model, due_at: DateTime<Utc>) -> Result<(), ServiceError> {
         delivery::Entity::update_many()
             .col_expr(delivery::Column::Status, Expr::value(QUEUED))
