@@ -81,7 +81,7 @@ async fn messages_round_trip() {
 
 #[tokio::test]
 async fn auth_is_required_when_configured() {
-    let opts = SinkOptions { auth_opt: Some(("carnet".into(), "s3cret".into())), reject: vec![] };
+    let opts = SinkOptions { auth_opt: Some(("carnet".into(), "s3cret".into())), ..Default::default() };
     let Some(sink) = SmtpSink::start_with(opts).await else { return };
     let message = || {
         Message::builder()
@@ -120,7 +120,7 @@ async fn auth_is_required_when_configured() {
 
 #[tokio::test]
 async fn rejected_recipient_is_a_permanent_error() {
-    let opts = SinkOptions { auth_opt: None, reject: vec!["Bounce@Example.test".into()] };
+    let opts = SinkOptions { reject: vec!["Bounce@Example.test".into()], ..Default::default() };
     let Some(sink) = SmtpSink::start_with(opts).await else { return };
     let mailer = transport(&sink);
     let message = Message::builder()

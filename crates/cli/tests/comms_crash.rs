@@ -90,11 +90,11 @@ fn carnet(data_dir: &Path, smtp_port: u16) -> Command {
 }
 
 /// Starts `carnet up` and returns it with its HTTP address.
-fn up(data_dir: &Path, smtp_port: u16) -> (Child, String) {
+fn up(data_dir: &Path, smtp_port: u16) -> (Reaper, String) {
     let mut cmd = carnet(data_dir, smtp_port);
     cmd.args(["up", "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]);
-    let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("spawn carnet");
-    let stderr = child.stderr.take().unwrap();
+    let mut child = Reaper(cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("spawn carnet"));
+    let stderr = child.0.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
@@ -135,8 +135,7 @@ fn test_killed_mid_campaign_restart_sends_each_remaining_mail_exactly_once() {
     let key =
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["api_key"].as_str().unwrap().to_string();
 
-    let (node, addr) = up(data.path(), port);
-    let mut node = Reaper(node);
+    let (mut node, addr) = up(data.path(), port);
     let purpose = r#"{"key":"news","lawful_basis":"consent","notice":"Monthly news."}"#;
     assert_eq!(http(&addr, "POST", "/v1/purposes", &key, purpose).0, 201);
     let mut ids = Vec::new();
@@ -169,8 +168,7 @@ fn test_killed_mid_campaign_restart_sends_each_remaining_mail_exactly_once() {
     let before = received(spool.path()).len();
     assert!(before < RECIPIENTS, "the kill came after the campaign finished ({before} mails)");
 
-    let (node, addr) = up(data.path(), port);
-    let mut node = Reaper(node);
+    let (mut node, addr) = up(data.path(), port);
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let (_, c) = http(&addr, "GET", &format!("/v1/campaigns/{id}"), &key, "");
