@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "carnet/contacts/v1/contacts.proto",
     "carnet/consent/v1/consent.proto",
     "carnet/comms/v1/comms.proto",
+    "carnet/dsar/v1/dsar.proto",
     "carnet/events/v1/events.proto",
     "carnet/bench/v1/echo.proto",
 ];

@@ -34,6 +34,7 @@ use carnet_kit::{CallerSigner, ErrorCode, MeshKey};
 use carnet_proto::comms::v1::comms_service_client::CommsServiceClient;
 use carnet_proto::consent::v1::consent_service_client::ConsentServiceClient;
 use carnet_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
+use carnet_proto::dsar::v1::dsar_service_client::DsarServiceClient;
 
 use crate::auth::{Auth, RateLimiter, RequestId};
 use crate::error::ApiError;
@@ -66,6 +67,8 @@ pub struct GatewayConfig {
     pub consent_endpoint: String,
     /// The comms service; empty in monolith mode.
     pub comms_endpoint: String,
+    /// The DSAR service; empty in monolith mode.
+    pub dsar_endpoint: String,
     pub oidc: jwt::OidcConfig,
 }
 
@@ -81,6 +84,7 @@ impl Validate for GatewayConfig {
             ("contacts_endpoint", &self.contacts_endpoint),
             ("consent_endpoint", &self.consent_endpoint),
             ("comms_endpoint", &self.comms_endpoint),
+            ("dsar_endpoint", &self.dsar_endpoint),
         ] {
             if !endpoint.is_empty() && !endpoint.starts_with("http") {
                 return Err(ConfigError(format!("gateway.{key} must be an http:// or https:// URL")));
@@ -101,6 +105,7 @@ pub struct AppState {
     contacts: Channel,
     consent: Channel,
     comms_opt: Option<Channel>,
+    dsar_opt: Option<Channel>,
 }
 
 /// Channels to the services the gateway fronts.
@@ -110,6 +115,8 @@ pub struct Upstreams {
     pub consent: Channel,
     /// `None` when this gateway fronts no comms service: its routes answer `unavailable`.
     pub comms_opt: Option<Channel>,
+    /// `None` when this gateway fronts no DSAR service.
+    pub dsar_opt: Option<Channel>,
 }
 
 impl AppState {
@@ -121,8 +128,8 @@ impl AppState {
         upstreams: Upstreams,
     ) -> Self {
         let limiter = Arc::new(RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst));
-        let Upstreams { contacts, consent, comms_opt } = upstreams;
-        AppState { config: Arc::new(config), keys, jwt_opt, limiter, mesh_key, contacts, consent, comms_opt }
+        let Upstreams { contacts, consent, comms_opt, dsar_opt } = upstreams;
+        AppState { config: Arc::new(config), keys, jwt_opt, limiter, mesh_key, contacts, consent, comms_opt, dsar_opt }
     }
 
     /// The key signing callers into the mesh (and, derived, the gateway's own tokens).
@@ -163,6 +170,14 @@ impl AppState {
         Ok(CommsServiceClient::with_interceptor(channel, self.signer(caller)))
     }
 
+    /// A DSAR client signing `auth`'s caller into every call.
+    pub fn dsar(&self, auth: &Auth) -> Result<DsarServiceClient<InterceptedService<Channel, CallerSigner>>, ApiError> {
+        let channel = self.dsar_opt.clone().ok_or_else(|| {
+            ApiError::new(ErrorCode::Unavailable, "no DSAR service is configured (gateway.dsar_endpoint)")
+        })?;
+        Ok(DsarServiceClient::with_interceptor(channel, self.signer(auth.0.clone())))
+    }
+
     /// A contacts client acting as `caller` (public pages act for the tenant a link or form names).
     pub fn contacts_as(
         &self,
@@ -182,7 +197,7 @@ impl AppState {
 
 /// Builds the HTTP router.
 pub fn router(state: AppState) -> Router {
-    use routes::{comms, consent, contacts, forms, keys, public};
+    use routes::{comms, consent, contacts, dsar, forms, keys, public};
     // Bodies are read at most this far: a larger one is refused without being buffered whole.
     let body_limit = axum::extract::DefaultBodyLimit::max(state.config.max_body_bytes);
     Router::new()
@@ -222,6 +237,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/calls", post(comms::log_call))
         .route("/v1/calls/{id}", axum::routing::patch(comms::update_call))
         .route("/v1/contacts/{id}/timeline", get(comms::timeline))
+        .route("/v1/dsar", post(dsar::create).get(dsar::list))
+        .route("/v1/dsar/{id}", get(dsar::get))
+        .route("/v1/dsar/{id}/export", get(dsar::export))
+        .route("/v1/dsar/{id}/extend", post(dsar::extend))
+        .route("/v1/legal-holds", post(dsar::place_hold).get(dsar::list_holds))
+        .route("/v1/legal-holds/{id}/lift", post(dsar::lift_hold))
+        .route("/v1/erasure-ledger", get(dsar::ledger))
         .route("/v1/forms", post(forms::create_form))
         .route("/f/{form_id}", get(forms::form_page).post(forms::submit_form))
         .route("/o/{token}", get(public::confirm))

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::Problem;
-use crate::routes::{comms, consent, contacts, forms, keys};
+use crate::routes::{comms, consent, contacts, dsar, forms, keys};
 
 struct BearerAuth;
 
@@ -64,6 +64,15 @@ impl Modify for BearerAuth {
         comms::log_call,
         comms::update_call,
         comms::timeline,
+        dsar::create,
+        dsar::list,
+        dsar::get,
+        dsar::export,
+        dsar::extend,
+        dsar::place_hold,
+        dsar::list_holds,
+        dsar::lift_hold,
+        dsar::ledger,
         forms::create_form,
         keys::create_key,
         keys::list_keys,
@@ -72,7 +81,7 @@ impl Modify for BearerAuth {
     components(schemas(Problem)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "contacts", description = "Contacts, field policy, restriction, objection, export"), (name = "consent", description = "Purposes, notice versions, the consent ledger, checks"), (name = "comms", description = "Consent-gated e-mail, sequences, suppression, calls, timeline"), (name = "keys", description = "API keys of the caller's tenant"))
+    tags((name = "contacts", description = "Contacts, field policy, restriction, objection, export"), (name = "consent", description = "Purposes, notice versions, the consent ledger, checks"), (name = "comms", description = "Consent-gated e-mail, sequences, suppression, calls, timeline"), (name = "dsar", description = "Data subject requests, legal holds, the erasure ledger"), (name = "keys", description = "API keys of the caller's tenant"))
 )]
 pub struct ApiDoc;
 

@@ -7,6 +7,7 @@
 pub mod comms;
 pub mod consent;
 pub mod contacts;
+pub mod dsar;
 pub mod gateway;
 pub mod outbox;
 

@@ -32,6 +32,12 @@ pub mod comms {
     }
 }
 
+pub mod dsar {
+    pub mod v1 {
+        tonic::include_proto!("carnet.dsar.v1");
+    }
+}
+
 pub mod events {
     pub mod v1 {
         tonic::include_proto!("carnet.events.v1");

@@ -60,6 +60,10 @@ const ENDPOINTS: &[Endpoint] = &[
     Endpoint { method: "POST", path: "/v1/bounces", permission: Permission::CommsSend, ok: 200 },
     Endpoint { method: "POST", path: "/v1/calls", permission: Permission::CommsSend, ok: 201 },
     Endpoint { method: "GET", path: "/v1/contacts/{id}/timeline", permission: Permission::ContactsRead, ok: 200 },
+    Endpoint { method: "POST", path: "/v1/dsar", permission: Permission::DsarManage, ok: 201 },
+    Endpoint { method: "GET", path: "/v1/dsar", permission: Permission::DsarManage, ok: 200 },
+    Endpoint { method: "POST", path: "/v1/legal-holds", permission: Permission::DsarManage, ok: 201 },
+    Endpoint { method: "GET", path: "/v1/erasure-ledger", permission: Permission::DsarManage, ok: 200 },
     Endpoint { method: "POST", path: "/v1/api-keys", permission: Permission::KeysManage, ok: 201 },
     Endpoint { method: "GET", path: "/v1/api-keys", permission: Permission::KeysManage, ok: 200 },
     Endpoint { method: "DELETE", path: "/v1/api-keys/{key}", permission: Permission::KeysManage, ok: 200 },
@@ -154,6 +158,8 @@ async fn test_every_role_against_every_endpoint() {
                 ("POST", "/v1/consents/check") => {
                     Some(json!({"checks": [{"contact_id": id, "purpose": "newsletter"}]}))
                 }
+                ("POST", "/v1/dsar") => Some(json!({"kind": "access", "contact_id": id})),
+                ("POST", "/v1/legal-holds") => Some(json!({"contact_id": id, "reason": "audit"})),
                 ("POST", "/v1/templates") => {
                     Some(json!({"name": "t", "purpose": "service", "subject": "Hi {{first_name}}", "body": "B"}))
                 }

@@ -8,9 +8,20 @@ use serde::{Deserialize, Serialize};
 use carnet_comms::CommsConfig;
 use carnet_consent::ConsentConfig;
 use carnet_contacts::ContactsConfig;
+use carnet_dsar::DsarConfig;
 use carnet_gateway::GatewayConfig;
 use carnet_kit::config::{ConfigError, GrpcConfig, MeshConfig, NodeConfig, Validate};
 use carnet_kit::telemetry::TelemetryConfig;
+
+/// The `[bus]` section: where events go.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    /// NATS with JetStream (split mode), e.g. `nats://nats:4222`; empty: the embedded bus.
+    pub nats_url: String,
+    /// How often each service's outbox relay looks for events to publish when idle.
+    pub relay_interval_ms: u64,
+}
 
 /// Every key with its default value.
 pub const DEFAULTS: &str = include_str!("defaults.toml");
@@ -25,7 +36,9 @@ pub struct CarnetConfig {
     pub contacts: ContactsConfig,
     pub consent: ConsentConfig,
     pub comms: CommsConfig,
+    pub dsar: DsarConfig,
     pub gateway: GatewayConfig,
+    pub bus: BusConfig,
 }
 
 impl Validate for CarnetConfig {
@@ -35,6 +48,10 @@ impl Validate for CarnetConfig {
         self.contacts.validate()?;
         self.consent.validate()?;
         self.comms.validate()?;
+        self.dsar.validate()?;
+        if !self.bus.nats_url.is_empty() && !self.bus.nats_url.starts_with("nats://") {
+            return Err(ConfigError("bus.nats_url must be a nats:// URL".into()));
+        }
         self.gateway.validate()?;
         if self.node.data_dir.trim().is_empty() {
             return Err(ConfigError("node.data_dir must not be empty".into()));

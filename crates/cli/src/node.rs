@@ -17,6 +17,7 @@ use carnet_migrations::MigratorTrait;
 use carnet_proto::comms::v1::comms_service_server::CommsServiceServer;
 use carnet_proto::consent::v1::consent_service_server::ConsentServiceServer;
 use carnet_proto::contacts::v1::contacts_service_server::ContactsServiceServer;
+use carnet_proto::dsar::v1::dsar_service_server::DsarServiceServer;
 
 use crate::config::CarnetConfig;
 use crate::target::Target;
@@ -41,8 +42,10 @@ pub struct Node {
     shutdown_grace: Duration,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     http_opt: Option<(oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)>,
-    /// The comms sender, stopped after the gateway and before the gRPC server.
-    dispatcher_opt: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    /// Background work (the comms sender, the DSAR engine, the outbox relays), stopped after
+    /// the gateway and before the gRPC server.
+    background: Vec<(oneshot::Sender<()>, JoinHandle<()>)>,
+    bus_opt: Option<carnet_kit::bus::SharedBus>,
     /// Where comms delivers mail, when this node runs it (said at start).
     pub mail_note_opt: Option<String>,
     dbs: Vec<Db>,
@@ -59,11 +62,14 @@ impl Node {
                 task.abort();
             }
         }
-        if let Some((tx, mut task)) = self.dispatcher_opt.take() {
+        for (tx, mut task) in self.background.drain(..) {
             let _ = tx.send(());
             if tokio::time::timeout(self.shutdown_grace, &mut task).await.is_err() {
                 task.abort();
             }
+        }
+        if let Some(bus) = self.bus_opt.take() {
+            bus.close().await;
         }
         if let Some(tx) = self.shutdown_tx_opt.take() {
             let _ = tx.send(());
@@ -135,6 +141,7 @@ pub fn database_url(cfg: &CarnetConfig, target: Target) -> anyhow::Result<(Strin
         Target::Contacts => (&cfg.contacts.database_url, cfg.contacts.max_connections),
         Target::Consent => (&cfg.consent.database_url, cfg.consent.max_connections),
         Target::Comms => (&cfg.comms.database_url, cfg.comms.max_connections),
+        Target::Dsar => (&cfg.dsar.database_url, cfg.dsar.max_connections),
         Target::Gateway => (&cfg.gateway.database_url, cfg.gateway.max_connections),
     };
     if !url.is_empty() {
@@ -152,6 +159,7 @@ pub async fn open_database(cfg: &CarnetConfig, target: Target, apply: bool) -> a
         Target::Contacts => migrate::<carnet_migrations::contacts::Migrator>(&db, target, apply).await?,
         Target::Consent => migrate::<carnet_migrations::consent::Migrator>(&db, target, apply).await?,
         Target::Comms => migrate::<carnet_migrations::comms::Migrator>(&db, target, apply).await?,
+        Target::Dsar => migrate::<carnet_migrations::dsar::Migrator>(&db, target, apply).await?,
         Target::Gateway => migrate::<carnet_migrations::gateway::Migrator>(&db, target, apply).await?,
     }
     Ok(db)
@@ -193,6 +201,12 @@ async fn start_gateway(
             targets.contains(&Target::Consent),
             grpc_addr,
             "gateway.consent_endpoint",
+        )?,
+        dsar_opt: optional_peer(
+            &cfg.gateway.dsar_endpoint,
+            targets.contains(&Target::Dsar),
+            grpc_addr,
+            "gateway.dsar_endpoint",
         )?,
         // Optional: a gateway without comms answers its routes with `unavailable`.
         comms_opt: if cfg.gateway.comms_endpoint.is_empty() && !targets.contains(&Target::Comms) {
@@ -249,6 +263,19 @@ fn peer_channel(
     Ok(carnet_kit::grpc::endpoint(&uri).with_context(|| format!("{key} is not a valid URL"))?.connect_lazy())
 }
 
+/// A peer the gateway can live without: `None` when it is neither configured nor local.
+fn optional_peer(
+    endpoint: &str,
+    runs_locally: bool,
+    grpc_addr: SocketAddr,
+    key: &str,
+) -> anyhow::Result<Option<tonic::transport::Channel>> {
+    if endpoint.is_empty() && !runs_locally {
+        return Ok(None);
+    }
+    peer_channel(endpoint, runs_locally, grpc_addr, key).map(Some)
+}
+
 /// Returns the span of one incoming call, named and attributed after the OpenTelemetry RPC
 /// conventions; the method path is its only attribute (never request data).
 fn grpc_span(path: &str) -> tracing::Span {
@@ -300,6 +327,20 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
     let mut dispatcher_opt = None;
     let mut mail_note_opt = None;
     let mut dbs = Vec::new();
+    let bus_opt: Option<carnet_kit::bus::SharedBus> = if !cfg.bus.nats_url.is_empty() {
+        let nats = carnet_kit::bus::NatsBus::connect(&cfg.bus.nats_url).await.context("bus.nats_url")?;
+        Some(std::sync::Arc::new(nats))
+    } else if mode == Mode::Monolith || Target::ALL.iter().all(|t| targets.contains(t)) {
+        Some(std::sync::Arc::new(carnet_kit::bus::EmbeddedBus::new()))
+    } else {
+        tracing::warn!(
+            "no event bus (bus.nats_url is empty): events stay in the outbox and nothing propagates between processes"
+        );
+        None
+    };
+    let mut consumers: Vec<carnet_kit::bus::Consumer> = Vec::new();
+    let mut relays: Vec<(Db, &'static str)> = Vec::new();
+    let mut engine_opt = None;
     let mut gateway_db_opt = None;
     let mut sorted = targets.to_vec();
     sorted.sort();
@@ -308,6 +349,8 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
         let db = open_database(cfg, *target, mode == Mode::Monolith).await?;
         match target {
             Target::Contacts => {
+                consumers.push(carnet_contacts::consumer(ContactStore::new(db.clone())));
+                relays.push((db.clone(), "contacts"));
                 let grpc = ContactsGrpc::new(ContactStore::new(db.clone()));
                 let svc = ContactsServiceServer::new(grpc).max_decoding_message_size(cfg.grpc.max_message_bytes);
                 router =
@@ -324,6 +367,8 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
                     "consent.contacts_endpoint",
                 )?;
                 let store = ConsentStore::new(db.clone(), mesh_key.derive("consent-ip-hash"));
+                consumers.push(carnet_consent::consumer(store.clone()));
+                relays.push((db.clone(), "consent"));
                 let grpc = ConsentGrpc::new(store, contacts, mesh_key.clone());
                 let svc = ConsentServiceServer::new(grpc).max_decoding_message_size(cfg.grpc.max_message_bytes);
                 router =
@@ -356,8 +401,16 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
                 let store = carnet_comms::CommsStore::new(db.clone());
                 let peers = carnet_comms::peers::Peers::new(contacts, consent, mesh_key.clone());
                 let hasher = carnet_comms::AddressHasher::new(mesh_key.derive("comms-suppression"));
-                let dispatcher =
-                    carnet_comms::Dispatcher::new(&cfg.comms, store.clone(), peers.clone(), mailer, hasher, public_url);
+                let dispatcher = carnet_comms::Dispatcher::new(
+                    &cfg.comms,
+                    store.clone(),
+                    peers.clone(),
+                    mailer,
+                    hasher.clone(),
+                    public_url,
+                );
+                consumers.push(carnet_comms::consumer(store.clone(), peers.clone(), hasher.clone()));
+                relays.push((db.clone(), "comms"));
                 let grpc =
                     carnet_comms::CommsGrpc::new(store, peers, dispatcher.clone(), cfg.comms.recording_purpose.clone());
                 let svc = CommsServiceServer::new(grpc).max_decoding_message_size(cfg.grpc.max_message_bytes);
@@ -367,6 +420,41 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
                     .set_service_status("carnet.comms.v1.CommsService", tonic_health::ServingStatus::Serving)
                     .await;
                 dispatcher_opt = Some(dispatcher);
+            }
+            Target::Dsar => {
+                let mut channels = std::collections::BTreeMap::new();
+                for p in &cfg.dsar.participants {
+                    let endpoint = cfg.dsar.endpoints.get(p).cloned().unwrap_or_default();
+                    let local = p.parse::<Target>().is_ok_and(|t| sorted.contains(&t));
+                    channels
+                        .insert(p.clone(), peer_channel(&endpoint, local, grpc_addr, &format!("dsar.endpoints.{p}"))?);
+                }
+                if !channels.contains_key("contacts") {
+                    let endpoint = cfg.dsar.endpoints.get("contacts").cloned().unwrap_or_default();
+                    let local = sorted.contains(&Target::Contacts);
+                    channels.insert(
+                        "contacts".into(),
+                        peer_channel(&endpoint, local, grpc_addr, "dsar.endpoints.contacts")?,
+                    );
+                }
+                let keys = carnet_dsar::Keys::new(mesh_key.derive("dsar-pseudonym"), mesh_key.derive("dsar-exports"));
+                let engine = carnet_dsar::Engine::new(
+                    carnet_dsar::DsarStore::new(db.clone()),
+                    keys,
+                    cfg.dsar.clone(),
+                    channels,
+                    mesh_key.clone(),
+                );
+                consumers.push(carnet_dsar::consumer(engine.clone()));
+                relays.push((db.clone(), "dsar"));
+                let grpc = carnet_dsar::DsarGrpc::new(engine.clone(), mesh_key.clone());
+                let svc = DsarServiceServer::new(grpc).max_decoding_message_size(cfg.grpc.max_message_bytes);
+                router =
+                    router.add_service(tonic::service::interceptor::InterceptedService::new(svc, interceptor.clone()));
+                health_reporter
+                    .set_service_status("carnet.dsar.v1.DsarService", tonic_health::ServingStatus::Serving)
+                    .await;
+                engine_opt = Some(engine);
             }
             Target::Gateway => gateway_db_opt = Some(db.clone()),
         }
@@ -383,14 +471,35 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
         }
         _ => None,
     };
-    // The sender starts once the services it calls are serving.
-    let dispatcher_opt = dispatcher_opt.map(|dispatcher| {
+    // Background work starts once the services it calls are serving: consumers first, then the
+    // relays that feed them, the comms sender and the DSAR engine.
+    let mut background = Vec::new();
+    let spawn = |fut: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(dispatcher.run(async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                _ = fut => {}
+                _ = rx => {}
+            }
+        });
         (tx, task)
-    });
+    };
+    if let Some(bus) = &bus_opt {
+        for c in consumers {
+            bus.consume(c).await.context("failed to start an event consumer")?;
+        }
+        let interval = Duration::from_millis(cfg.bus.relay_interval_ms.max(5));
+        for (db, service) in relays {
+            let relay = carnet_kit::outbox::Relay::new(db, bus.clone(), service, interval);
+            background.push(spawn(Box::pin(relay.run(std::future::pending::<()>()))));
+        }
+    }
+    if let Some(dispatcher) = dispatcher_opt {
+        background.push(spawn(Box::pin(dispatcher.run(std::future::pending::<()>()))));
+    }
+    if let Some(engine) = engine_opt {
+        background.push(spawn(Box::pin(engine.run(std::future::pending::<()>()))));
+    }
     if let Some(note) = &mail_note_opt {
         tracing::info!("{note}");
     }
@@ -406,7 +515,8 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
         shutdown_grace,
         server,
         http_opt: http_opt.map(|(_, tx, task)| (tx, task)),
-        dispatcher_opt,
+        background,
+        bus_opt,
         mail_note_opt,
         dbs,
     })

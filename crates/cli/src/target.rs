@@ -9,17 +9,19 @@ pub enum Target {
     Contacts,
     Consent,
     Comms,
+    Dsar,
     Gateway,
 }
 
 impl Target {
-    pub const ALL: [Target; 4] = [Target::Contacts, Target::Consent, Target::Comms, Target::Gateway];
+    pub const ALL: [Target; 5] = [Target::Contacts, Target::Consent, Target::Comms, Target::Dsar, Target::Gateway];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Target::Contacts => "contacts",
             Target::Consent => "consent",
             Target::Comms => "comms",
+            Target::Dsar => "dsar",
             Target::Gateway => "gateway",
         }
     }

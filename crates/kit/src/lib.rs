@@ -7,8 +7,11 @@
 //! - [`caller`]: the signed caller context (tenant, principal, permissions) carried in gRPC metadata.
 //! - [`db`]: database connections (SQLite with WAL by default, PostgreSQL in split mode).
 //! - [`grpc`]: conversions shared by the gRPC handlers.
-//! - [`outbox`]: events written in the same transaction as the change.
+//! - [`outbox`]: events written in the same transaction as the change, and the relay that
+//!   publishes them.
+//! - [`bus`]: the event bus (embedded, or NATS JetStream).
 
+pub mod bus;
 pub mod caller;
 pub mod config;
 pub mod db;

@@ -1,12 +1,15 @@
 //! The transactional outbox: a service writes each event in the same database transaction as the
 //! change it describes, so a committed change always has its event and a rolled-back one never
-//! does. A relay publishes pending rows and marks them published (it arrives with the event
-//! bus; until then rows stay pending).
+//! does. The [`Relay`] publishes pending rows in order and marks them published; a row whose
+//! publish failed stays pending and is tried again (consumers are idempotent).
 //!
 //! Every service's migrations create an `outbox` table of this shape.
 
+use std::time::Duration;
+
 use prost::Message;
-use sea_orm::{ConnectionTrait, DbErr, EntityTrait, Set};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
 use uuid::Uuid;
 
 use carnet_proto::events::v1::{Event, event::Payload};
@@ -53,6 +56,26 @@ pub async fn enqueue<C: ConnectionTrait>(conn: &C, tenant_id: Uuid, payload: Pay
     Ok(id)
 }
 
+/// The `erasure.confirmed` a participant writes, in the transaction of its erasure.
+pub fn confirmation(service: &str, request_id: &str, subject_id: Uuid, removed: &[(&str, u64)]) -> Payload {
+    Payload::ErasureConfirmed(carnet_proto::events::v1::ErasureConfirmed {
+        request_id: request_id.to_string(),
+        subject_id: subject_id.to_string(),
+        service: service.to_string(),
+        removed: removed.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+    })
+}
+
+/// What a participant's handler needs from `erasure.requested`: (tenant, request id, subject),
+/// when `service` is among the participants it names.
+pub fn erasure_for(event: &Event, service: &str) -> Option<(Uuid, String, Uuid)> {
+    let Some(Payload::ErasureRequested(r)) = &event.payload else { return None };
+    if !r.participants.iter().any(|p| p == service) {
+        return None;
+    }
+    Some((event.tenant_id.parse().ok()?, r.request_id.clone(), r.subject_id.parse().ok()?))
+}
+
 /// Returns the outbox row of a pending event, for callers that insert many rows at once.
 pub fn row(tenant_id: Uuid, payload: Payload) -> entity::ActiveModel {
     let id = Uuid::now_v7();
@@ -72,5 +95,86 @@ pub fn row(tenant_id: Uuid, payload: Payload) -> entity::ActiveModel {
         payload: Set(event.encode_to_vec()),
         created_at: Set(now),
         published_at: Set(None),
+    }
+}
+
+/// Publishes a service's pending outbox rows to the bus.
+pub struct Relay {
+    db: crate::db::Db,
+    bus: crate::bus::SharedBus,
+    service: &'static str,
+    interval: Duration,
+}
+
+/// Rows published per round.
+const RELAY_BATCH: u64 = 200;
+
+impl Relay {
+    pub fn new(db: crate::db::Db, bus: crate::bus::SharedBus, service: &'static str, interval: Duration) -> Self {
+        Relay { db, bus, service, interval }
+    }
+
+    /// Publishes pending rows in order until one fails or none is left; returns how many went out.
+    pub async fn run_once(&self) -> Result<usize, DbErr> {
+        let mut total = 0;
+        loop {
+            let rows = entity::Entity::find()
+                .filter(entity::Column::PublishedAt.is_null())
+                .order_by_asc(entity::Column::Id)
+                .limit(RELAY_BATCH)
+                .all(&self.db.read)
+                .await?;
+            if rows.is_empty() {
+                return Ok(total);
+            }
+            let n = rows.len();
+            for row in rows {
+                let outgoing = match crate::bus::Outgoing::of(row.payload.clone(), &row.kind) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::error!(service = self.service, event_id = %row.id, error = %e, "outbox row is not an event; skipped");
+                        self.mark(row.id).await?;
+                        continue;
+                    }
+                };
+                if let Err(e) = self.bus.publish(&outgoing).await {
+                    tracing::warn!(service = self.service, event_id = %row.id, kind = %row.kind, error = %e, "publish failed; retrying later");
+                    return Ok(total);
+                }
+                self.mark(row.id).await?;
+                total += 1;
+            }
+            if (n as u64) < RELAY_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn mark(&self, id: Uuid) -> Result<(), DbErr> {
+        entity::Entity::update_many()
+            .col_expr(entity::Column::PublishedAt, Expr::value(crate::db::now()))
+            .filter(entity::Column::Id.eq(id))
+            .exec(&self.db.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs until `shutdown` resolves, a round every interval (and at once after a busy round).
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let busy = match self.run_once().await {
+                Ok(n) => n > 0,
+                Err(e) => {
+                    tracing::warn!(service = self.service, error = %e, "outbox relay round failed");
+                    false
+                }
+            };
+            let wait = if busy { Duration::ZERO } else { self.interval };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
     }
 }

@@ -3,6 +3,7 @@
 pub mod comms;
 pub mod consent;
 pub mod contacts;
+pub mod dsar;
 pub mod forms;
 pub mod keys;
 pub mod public;

@@ -156,6 +156,57 @@ impl AddressHasher {
     }
 }
 
+/// The bus consumer of the comms service:
+/// - `erasure.requested`: the address is suppressed (while contacts still has it), then the
+///   subject's mails, calls and enrolments are erased and the erasure confirmed, in one
+///   transaction;
+/// - `consent.changed`: a withdrawal suppresses the address for that purpose, a new grant lifts
+///   that suppression.
+pub fn consumer(store: CommsStore, peers: peers::Peers, hasher: AddressHasher) -> carnet_kit::bus::Consumer {
+    use carnet_proto::events::v1::event::Payload;
+    carnet_kit::bus::Consumer {
+        durable: SERVICE_NAME.to_string(),
+        kinds: vec!["erasure.requested".to_string(), "consent.changed".to_string()],
+        handler: carnet_kit::bus::handler(move |event| {
+            let (store, peers, hasher) = (store.clone(), peers.clone(), hasher.clone());
+            async move {
+                let err = |e: carnet_kit::ServiceError| format!("{}: {}", e.code, e.message);
+                let address = |tenant_id: Uuid, contact_id: String| {
+                    let peers = peers.clone();
+                    async move {
+                        let req = carnet_proto::contacts::v1::BatchGetContactsRequest { ids: vec![contact_id] };
+                        let found = peers.contacts(tenant_id, "").batch_get_contacts(req).await;
+                        found.ok().and_then(|r| r.into_inner().contacts.into_iter().next()).and_then(|c| c.email)
+                    }
+                };
+                if let Some((tenant_id, request_id, subject_id)) = carnet_kit::outbox::erasure_for(&event, SERVICE_NAME)
+                {
+                    if let Some(email) = address(tenant_id, subject_id.to_string()).await {
+                        store.suppress(tenant_id, &hasher.hash(tenant_id, &email), "*", "erased").await.map_err(err)?;
+                    }
+                    store.erase_for_request(tenant_id, subject_id, &request_id).await.map_err(err)?;
+                    tracing::info!(%tenant_id, %request_id, contact_id = %subject_id, "comms data erased for a request");
+                    return Ok(());
+                }
+                if let Some(Payload::ConsentChanged(c)) = &event.payload {
+                    let Ok(tenant_id) = event.tenant_id.parse::<Uuid>() else { return Ok(()) };
+                    if c.status != "withdrawn" && c.status != "granted" {
+                        return Ok(());
+                    }
+                    let Some(email) = address(tenant_id, c.contact_id.clone()).await else { return Ok(()) };
+                    let hash = hasher.hash(tenant_id, &email);
+                    if c.status == "withdrawn" {
+                        store.suppress(tenant_id, &hash, &c.purpose, "withdrawn").await.map_err(err)?;
+                    } else {
+                        store.lift(tenant_id, &hash, &c.purpose).await.map_err(err)?;
+                    }
+                }
+                Ok(())
+            }
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

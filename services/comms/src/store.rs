@@ -950,6 +950,25 @@ impl CommsStore {
 
     /// Removes everything comms holds about one contact, in one transaction.
     pub async fn erase_subject(&self, tenant_id: Uuid, contact_id: Uuid) -> Result<Erased, ServiceError> {
+        self.erase(tenant_id, contact_id, None).await
+    }
+
+    /// The same for a DSAR request, with `erasure.confirmed` written in the same transaction.
+    pub async fn erase_for_request(
+        &self,
+        tenant_id: Uuid,
+        contact_id: Uuid,
+        request_id: &str,
+    ) -> Result<Erased, ServiceError> {
+        self.erase(tenant_id, contact_id, Some(request_id)).await
+    }
+
+    async fn erase(
+        &self,
+        tenant_id: Uuid,
+        contact_id: Uuid,
+        request_opt: Option<&str>,
+    ) -> Result<Erased, ServiceError> {
         let txn = self.db.begin_write().await.map_err(db_err)?;
         let deliveries = delivery::Entity::delete_many()
             .filter(delivery::Column::TenantId.eq(tenant_id))
@@ -972,6 +991,11 @@ impl CommsStore {
             .await
             .map_err(db_err)?
             .rows_affected;
+        if let Some(request_id) = request_opt {
+            let removed = [("messages", deliveries), ("calls", calls), ("sequence_enrollments", enrollments)];
+            let event = carnet_kit::outbox::confirmation(crate::SERVICE_NAME, request_id, contact_id, &removed);
+            carnet_kit::outbox::enqueue(&txn, tenant_id, event).await.map_err(db_err)?;
+        }
         txn.commit().await.map_err(db_err)?;
         Ok(Erased { deliveries, calls, enrollments })
     }

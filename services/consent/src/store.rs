@@ -539,6 +539,25 @@ impl ConsentStore {
     /// Erases a subject's ledger rows and states: they are deleted, not pseudonymised (see
     /// docs/consent.md). Idempotent.
     pub async fn erase_subject(&self, tenant_id: Uuid, contact_id: Uuid) -> Result<(u64, u64), ServiceError> {
+        self.erase(tenant_id, contact_id, None).await
+    }
+
+    /// Erases a subject for a DSAR request and writes `erasure.confirmed` in the same transaction.
+    pub async fn erase_for_request(
+        &self,
+        tenant_id: Uuid,
+        contact_id: Uuid,
+        request_id: &str,
+    ) -> Result<(u64, u64), ServiceError> {
+        self.erase(tenant_id, contact_id, Some(request_id)).await
+    }
+
+    async fn erase(
+        &self,
+        tenant_id: Uuid,
+        contact_id: Uuid,
+        request_opt: Option<&str>,
+    ) -> Result<(u64, u64), ServiceError> {
         let txn = self.db.begin_write().await.map_err(db_err)?;
         let records = record::Entity::delete_many()
             .filter(record::Column::TenantId.eq(tenant_id))
@@ -554,6 +573,11 @@ impl ConsentStore {
             .await
             .map_err(db_err)?
             .rows_affected;
+        if let Some(request_id) = request_opt {
+            let removed = [("consent_records", records), ("consent_states", states)];
+            let event = carnet_kit::outbox::confirmation(crate::SERVICE_NAME, request_id, contact_id, &removed);
+            carnet_kit::outbox::enqueue(&txn, tenant_id, event).await.map_err(db_err)?;
+        }
         txn.commit().await.map_err(db_err)?;
         Ok((records, states))
     }

@@ -221,6 +221,18 @@ impl ContactStore {
         Ok(erased)
     }
 
+    /// Erases a subject for a DSAR request and writes `erasure.confirmed` in the same
+    /// transaction. Idempotent: a repeat removes nothing and confirms again.
+    pub async fn erase_for_request(&self, tenant_id: Uuid, id: Uuid, request_id: &str) -> Result<Erased, ServiceError> {
+        let txn = self.db.begin_write().await.map_err(db_err)?;
+        let erased = remove_subject(&txn, tenant_id, id, request_id).await?;
+        let removed = [("contacts", erased.contacts), ("contact_changes", erased.contact_changes)];
+        let event = outbox::confirmation(crate::SERVICE_NAME, request_id, id, &removed);
+        outbox::enqueue(&txn, tenant_id, event).await.map_err(db_err)?;
+        txn.commit().await.map_err(db_err)?;
+        Ok(erased)
+    }
+
     /// Lists the tenant's contacts in creation order, optionally matching `query`
     /// (case-insensitive substring of e-mail, names or phone).
     pub async fn list(

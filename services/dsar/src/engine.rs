@@ -1,0 +1,261 @@
+//! The orchestration: access requests fan out `ExportSubject` to every participant in parallel
+//! (deadline and retries per call) and assemble one document; erasure confirmations complete
+//! requests; participants that have not confirmed are asked again with backoff.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use carnet_kit::{Caller, CallerSigner, MeshKey, Permission, ServiceError};
+use carnet_proto::common::v1::{ExportSubjectRequest, ExportSubjectResponse};
+use carnet_proto::events::v1::{Event, event::Payload};
+
+use crate::entity::request;
+use crate::store::DsarStore;
+use crate::{DsarConfig, Keys};
+
+/// Attempts per participant call of one access round.
+const CALL_ATTEMPTS: u32 = 3;
+
+/// The gRPC path of `method` on participant `service` (`/carnet.contacts.v1.ContactsService/…`):
+/// every Carnet service follows this naming, so a participant added later needs no code here.
+pub fn method_path(service: &str, method: &str) -> String {
+    let mut chars = service.chars();
+    let title: String = chars.next().map(|c| c.to_ascii_uppercase()).into_iter().chain(chars).collect();
+    format!("/carnet.{service}.v1.{title}Service/{method}")
+}
+
+struct Inner {
+    store: DsarStore,
+    keys: Keys,
+    cfg: DsarConfig,
+    channels: BTreeMap<String, Channel>,
+    mesh_key: MeshKey,
+    running: Mutex<HashSet<Uuid>>,
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    pub fn new(
+        store: DsarStore,
+        keys: Keys,
+        cfg: DsarConfig,
+        channels: BTreeMap<String, Channel>,
+        mesh_key: MeshKey,
+    ) -> Self {
+        Engine { inner: Arc::new(Inner { store, keys, cfg, channels, mesh_key, running: Mutex::new(HashSet::new()) }) }
+    }
+
+    pub fn store(&self) -> &DsarStore {
+        &self.inner.store
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    pub fn config(&self) -> &DsarConfig {
+        &self.inner.cfg
+    }
+
+    pub fn channel(&self, service: &str) -> Option<Channel> {
+        self.inner.channels.get(service).cloned()
+    }
+
+    /// Calls `ExportSubject` on one participant as `service:dsar`.
+    async fn export_from(
+        &self,
+        tenant_id: Uuid,
+        service: &str,
+        subject_id: Uuid,
+    ) -> Result<ExportSubjectResponse, ServiceError> {
+        let channel = self
+            .inner
+            .channels
+            .get(service)
+            .cloned()
+            .ok_or_else(|| ServiceError::internal(format!("no channel to participant {service}")))?;
+        let caller = Caller::new(tenant_id, "service:dsar", [Permission::DsarManage]);
+        let mut request = tonic::Request::new(ExportSubjectRequest { subject_id: subject_id.to_string() });
+        CallerSigner::new(self.inner.mesh_key.clone(), caller).apply(&mut request);
+        request.set_timeout(Duration::from_millis(self.inner.cfg.call_timeout_ms));
+        let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(256 * 1024 * 1024);
+        grpc.ready()
+            .await
+            .map_err(|_| ServiceError::new(carnet_kit::ErrorCode::Unavailable, format!("{service} is unavailable")))?;
+        let path = tonic::codegen::http::uri::PathAndQuery::try_from(method_path(service, "ExportSubject"))
+            .map_err(|_| ServiceError::internal("bad participant name"))?;
+        let codec: tonic_prost::ProstCodec<ExportSubjectRequest, ExportSubjectResponse> = Default::default();
+        grpc.unary(request, path, codec).await.map(|r| r.into_inner()).map_err(|s| ServiceError::from_status(&s))
+    }
+
+    /// Runs an access request in the background (once per request per process).
+    pub fn start_access(&self, req: request::Model) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if !this.inner.running.lock().await.insert(req.id) {
+                return;
+            }
+            let res = this.access(&req).await;
+            this.inner.running.lock().await.remove(&req.id);
+            if let Err(e) = res {
+                tracing::warn!(tenant_id = %req.tenant_id, request_id = %req.id, code = e.code.as_str(), "access request not complete yet; retried later");
+            }
+        });
+    }
+
+    async fn access(&self, req: &request::Model) -> Result<(), ServiceError> {
+        let participants = self.inner.cfg.participants.clone();
+        let calls = participants.iter().map(|service| async move {
+            let mut last_err = None;
+            for attempt in 0..CALL_ATTEMPTS {
+                match self.export_from(req.tenant_id, service, req.subject_id).await {
+                    Ok(r) => return Ok((service.clone(), r)),
+                    Err(e) => {
+                        let _ = self.inner.store.note_attempt(req.tenant_id, req.id, service).await;
+                        last_err = Some(e);
+                        tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
+                    }
+                }
+            }
+            Err((service.clone(), last_err.expect("an attempt ran")))
+        });
+        let mut parts = BTreeMap::new();
+        let mut counts = BTreeMap::new();
+        for res in futures::future::join_all(calls).await {
+            match res {
+                Ok((service, r)) => {
+                    let doc: serde_json::Value =
+                        serde_json::from_slice(&r.document_json).unwrap_or(serde_json::Value::Null);
+                    counts.insert(service.clone(), r.record_count);
+                    parts.insert(service, doc);
+                }
+                Err((service, e)) => {
+                    return Err(ServiceError::new(e.code, format!("participant {service}: {}", e.message)));
+                }
+            }
+        }
+        let document = assemble(req, &parts, &counts);
+        let plain = serde_json::to_vec_pretty(&document).map_err(|_| ServiceError::internal("export failed"))?;
+        let (nonce, sealed) = self.inner.keys.seal(req.tenant_id, req.id, &plain);
+        let expires = carnet_kit::db::now() + chrono::Duration::hours(self.inner.cfg.export_ttl_hours as i64);
+        self.inner.store.complete_access(req.tenant_id, req.id, nonce, sealed, expires, &counts).await?;
+        tracing::info!(tenant_id = %req.tenant_id, request_id = %req.id, "access export ready");
+        Ok(())
+    }
+
+    /// Handles `erasure.confirmed`.
+    pub async fn on_event(&self, event: Event) -> Result<(), String> {
+        let Some(Payload::ErasureConfirmed(c)) = event.payload else { return Ok(()) };
+        let tenant_id: Uuid = event.tenant_id.parse().map_err(|_| "bad tenant id".to_string())?;
+        let request_id: Uuid = c.request_id.parse().map_err(|_| "bad request id".to_string())?;
+        let removed: BTreeMap<String, u64> = c.removed.into_iter().collect();
+        match self.inner.store.confirm(tenant_id, request_id, &c.service, removed).await {
+            Ok(done) => {
+                tracing::info!(%tenant_id, %request_id, service = %c.service, completed = done, "erasure confirmed");
+                Ok(())
+            }
+            Err(e) if e.code == carnet_kit::ErrorCode::NotFound => Ok(()),
+            Err(e) => Err(format!("{}: {}", e.code, e.message)),
+        }
+    }
+
+    /// Runs until `shutdown`: asks again participants that have not confirmed, and resumes
+    /// access requests left open (after a restart, or a participant that was down).
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let base = chrono::Duration::milliseconds(self.inner.cfg.retry_base_ms as i64);
+        let max = chrono::Duration::milliseconds(self.inner.cfg.retry_max_ms as i64);
+        let tick = Duration::from_millis((self.inner.cfg.retry_base_ms / 2).clamp(50, 5_000));
+        let mut rounds: u64 = 0;
+        loop {
+            if let Err(e) = self.inner.store.republish_due(base, max).await {
+                tracing::warn!(code = e.code.as_str(), "re-publishing erasures failed");
+            }
+            // Open access requests are retried every few rounds.
+            if rounds.is_multiple_of(10) {
+                match self.inner.store.open_access_requests().await {
+                    Ok(reqs) => reqs.into_iter().for_each(|r| self.start_access(r)),
+                    Err(e) => tracing::warn!(code = e.code.as_str(), "cannot list open access requests"),
+                }
+            }
+            rounds += 1;
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+    }
+}
+
+/// The access document: the services' data plus the Art. 15 facts, with a readable summary.
+fn assemble(
+    req: &request::Model,
+    parts: &BTreeMap<String, serde_json::Value>,
+    counts: &BTreeMap<String, u64>,
+) -> serde_json::Value {
+    let contacts = parts.get("contacts").cloned().unwrap_or_default();
+    let consent = parts.get("consent").cloned().unwrap_or_default();
+    let purposes: Vec<serde_json::Value> = consent["consents"]
+        .as_array()
+        .map(|states| {
+            states
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "purpose": s["purpose"], "status": s["status"], "lawful_basis": s["lawful_basis"],
+                        "notice_version": s["notice_version"], "since": s["since"],
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let categories = contacts["data_categories"].clone();
+    let source = contacts["contact"]["source"].clone();
+    let recipients: Vec<&String> = parts.keys().collect();
+    let total: u64 = counts.values().sum();
+    let summary = format!(
+        "This document holds everything {} services keep about you ({} records): {}. \
+         It lists the purposes your data is used for and on which legal basis, the categories of \
+         data, where the data came from, who received it, how long it is kept, and whether any \
+         automated decision was made about you.",
+        parts.len(),
+        total,
+        counts.iter().map(|(s, n)| format!("{s}: {n}")).collect::<Vec<_>>().join(", ")
+    );
+    serde_json::json!({
+        "schema_version": crate::EXPORT_SCHEMA_VERSION,
+        "request_id": req.id,
+        "subject_id": req.subject_id,
+        "generated_at": carnet_kit::db::now(),
+        "summary": summary,
+        "article_15": {
+            "purposes": purposes,
+            "data_categories": categories,
+            "sources": [source],
+            "recipients": recipients,
+            "retention": "kept until the person asks for erasure or the tenant's retention policy removes it",
+            "automated_decisions": [],
+        },
+        "services": parts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_method_paths_follow_the_service_naming() {
+        assert_eq!(method_path("contacts", "ExportSubject"), "/carnet.contacts.v1.ContactsService/ExportSubject");
+        assert_eq!(method_path("comms", "ExportSubject"), "/carnet.comms.v1.CommsService/ExportSubject");
+    }
+}
