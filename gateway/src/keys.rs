@@ -193,6 +193,18 @@ impl KeyStore {
     }
 
     /// Lists a tenant's keys, newest last.
+    /// Every tenant id (operations that run across tenants, e.g. an erasure replay).
+    pub async fn tenant_ids(&self) -> Result<Vec<Uuid>, ServiceError> {
+        use sea_orm::{EntityTrait as _, QuerySelect as _};
+        entity::tenant::Entity::find()
+            .select_only()
+            .column(entity::tenant::Column::Id)
+            .into_tuple::<Uuid>()
+            .all(&self.db().read)
+            .await
+            .map_err(|_| ServiceError::internal("database error"))
+    }
+
     pub async fn list_keys(&self, tenant_id: Uuid) -> Result<Vec<KeyInfo>, ServiceError> {
         let rows = api_key::Entity::find()
             .filter(api_key::Column::TenantId.eq(tenant_id))

@@ -187,6 +187,7 @@ fn create_request(email: String) -> CreateContactRequest {
             actor: String::new(),
             collected_at: None,
         }),
+        erasure_override_reason: String::new(),
     }
 }
 

@@ -167,6 +167,26 @@ async fn test_erasure_removes_every_row_confirms_per_participant_and_writes_the_
     let text = entry.to_string();
     assert!(!text.contains(&id) && !text.contains("forget@"), "the ledger holds a pseudonym only: {text}");
 
+    // The erased person cannot silently come back: a keyed-hash tombstone refuses the address,
+    // unless the create says why it is lawful now (kept in the history).
+    let again = json!({"email": "Forget@Example.org", "source": {"channel": "import", "detail": "old-list.csv"}});
+    let refused = http.json("POST", "/v1/contacts", Some(&key), Some(again.clone())).await;
+    assert_eq!(
+        (refused.status, refused.code(), refused.field()),
+        (409, "failed_precondition", "email"),
+        "{:?}",
+        refused.json
+    );
+    assert!(refused.json["detail"].as_str().unwrap().contains(&rid));
+    let mut overridden = again;
+    overridden["erasure_override_reason"] = json!("the person signed up again in the shop on 2026-11-30");
+    let back = http.json("POST", "/v1/contacts", Some(&key), Some(overridden)).await;
+    assert_eq!(back.status, 201, "{:?}", back.json);
+    let history = http
+        .json("GET", &format!("/v1/contacts/{}/history", back.json["id"].as_str().unwrap()), Some(&key), None)
+        .await;
+    assert!(history.body.windows(17).any(|w| w == b"erasure_override\""), "{:?}", history.json);
+
     // Asking again (a replay, or the same event twice) changes nothing and breaks nothing.
     let replay = http.json("POST", "/v1/dsar", Some(&key), Some(json!({"kind": "erasure", "contact_id": id}))).await;
     assert_eq!(replay.status, 404, "the person is gone: {:?}", replay.json);

@@ -54,6 +54,11 @@ enum Command {
         #[command(subcommand)]
         command: ApikeyCommand,
     },
+    /// Data subject request commands.
+    Dsar {
+        #[command(subcommand)]
+        command: DsarCommand,
+    },
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -81,6 +86,24 @@ enum ApikeyCommand {
         role: carnet_gateway::roles::Role,
         #[arg(long, default_value = "")]
         label: String,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DsarCommand {
+    /// After a backup restore: erases again every subject the erasure ledger names (requested
+    /// since TIME), in every tenant or the one given. Prints `{"tenants", "entries", "matched"}`.
+    ReplayErasures {
+        /// RFC 3339 time, e.g. 2026-11-01T00:00:00Z: the backup's time.
+        #[arg(long, value_name = "TIME")]
+        since: String,
+        #[arg(long, value_name = "TENANT_ID")]
+        tenant: Option<String>,
+        /// The DSAR service; default: this node's gRPC address (`grpc.listen_addr`).
+        #[arg(long, value_name = "URL")]
+        endpoint: Option<String>,
         #[arg(long, value_name = "DIR")]
         data_dir: Option<String>,
     },
@@ -162,6 +185,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 db.close().await;
                 println!("{target}: migrations applied");
             }
+            Ok(())
+        }
+        Command::Dsar { command: DsarCommand::ReplayErasures { since, tenant, endpoint, data_dir } } => {
+            use anyhow::Context as _;
+            use carnet_proto::dsar::v1::ReplayErasuresRequest;
+            use carnet_proto::dsar::v1::dsar_service_client::DsarServiceClient;
+            let since: chrono::DateTime<chrono::Utc> = since
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--since must be an RFC 3339 time, e.g. 2026-11-01T00:00:00Z"))?;
+            let overrides: Vec<(&str, String)> = data_dir.clone().into_iter().map(|d| ("node.data_dir", d)).collect();
+            let cfg = CarnetConfig::load(config_path, &overrides)?;
+            let mode = if cfg.mesh.signing_key.is_empty() { Mode::Monolith } else { Mode::Split };
+            let key = node::mesh_key(&cfg, mode)?;
+            let tenants: Vec<uuid::Uuid> = match tenant {
+                Some(t) => vec![t.parse().map_err(|_| anyhow::anyhow!("--tenant must be a tenant id"))?],
+                None => key_store(config_path, data_dir).await?.tenant_ids().await?,
+            };
+            let url = endpoint.unwrap_or_else(|| format!("http://{}", cfg.grpc.listen_addr));
+            let channel =
+                carnet_kit::grpc::endpoint(&url)?.connect().await.with_context(|| format!("cannot reach {url}"))?;
+            let (mut entries, mut matched) = (0, 0);
+            for tenant_id in &tenants {
+                let caller =
+                    carnet_kit::Caller::new(*tenant_id, "cli:dsar-replay", [carnet_kit::Permission::DsarManage]);
+                let mut client = DsarServiceClient::with_interceptor(
+                    channel.clone(),
+                    carnet_kit::CallerSigner::new(key.clone(), caller),
+                );
+                let req = ReplayErasuresRequest { since: Some(carnet_kit::grpc::to_timestamp(since)) };
+                let r = client.replay_erasures(req).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
+                entries += r.entries;
+                matched += r.matched;
+            }
+            println!("{}", serde_json::json!({"tenants": tenants.len(), "entries": entries, "matched": matched}));
             Ok(())
         }
         Command::Tenant { command: TenantCommand::Create { name, data_dir } } => {

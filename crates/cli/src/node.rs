@@ -349,9 +349,10 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
         let db = open_database(cfg, *target, mode == Mode::Monolith).await?;
         match target {
             Target::Contacts => {
-                consumers.push(carnet_contacts::consumer(ContactStore::new(db.clone())));
+                let store = ContactStore::new(db.clone()).with_tombstone_key(mesh_key.derive("contacts-tombstones"));
+                consumers.push(carnet_contacts::consumer(store.clone()));
                 relays.push((db.clone(), "contacts"));
-                let grpc = ContactsGrpc::new(ContactStore::new(db.clone()));
+                let grpc = ContactsGrpc::new(store);
                 let svc = ContactsServiceServer::new(grpc).max_decoding_message_size(cfg.grpc.max_message_bytes);
                 router =
                     router.add_service(tonic::service::interceptor::InterceptedService::new(svc, interceptor.clone()));

@@ -94,6 +94,7 @@ impl Nats {
 
 /// The five targets, each its own process, on their own PostgreSQL databases.
 struct Mesh {
+    server: String,
     nats: Nats,
     dbs: BTreeMap<&'static str, String>,
     grpc_ports: BTreeMap<&'static str, u16>,
@@ -127,6 +128,7 @@ impl Mesh {
         }
         let grpc_ports = TARGETS.iter().map(|t| (*t, free_port())).collect();
         let mut mesh = Mesh {
+            server: server.clone(),
             _one: one,
             nats,
             dbs,
@@ -311,6 +313,34 @@ impl Mesh {
     }
 }
 
+impl Mesh {
+    /// Runs one SQL statement on the PostgreSQL server (admin database), retrying while a
+    /// just-killed process's connection is still being closed.
+    fn admin(&self, sql: &str) {
+        let server = self.server.clone();
+        self.rt.block_on(async {
+            use sea_orm::ConnectionTrait as _;
+            let admin = sea_orm::Database::connect(server.as_str()).await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match admin.execute_unprepared(sql).await {
+                    Ok(_) => break,
+                    Err(e) if Instant::now() < deadline => {
+                        let _ = e;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => panic!("{sql}: {e}"),
+                }
+            }
+            let _ = admin.close().await;
+        });
+    }
+
+    fn db_name(&self, target: &str) -> String {
+        self.dbs[target].rsplit('/').next().unwrap().split('?').next().unwrap().to_string()
+    }
+}
+
 fn setup() -> Option<Mesh> {
     let mesh = Mesh::start()?;
     let purpose = json!({"key": "news", "lawful_basis": "consent", "notice": "News."});
@@ -440,4 +470,43 @@ fn tenant_of(mesh: &Mesh) -> String {
         let row = db.read.query_one_raw(stmt).await.unwrap().unwrap();
         row.try_get::<String>("", "id").unwrap()
     })
+}
+
+#[test]
+fn test_split_mesh_ledger_replay_after_restoring_a_backup_erases_again() {
+    let Some(mut mesh) = setup() else { return };
+    let id = mesh.person("restored@example.org");
+    let before_backup = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let contacts_db = mesh.db_name("contacts");
+    let backup = format!("{contacts_db}_backup");
+    // A backup of the contacts database, taken before the erasure.
+    mesh.kill("contacts");
+    mesh.admin(&format!("CREATE DATABASE {backup} TEMPLATE {contacts_db}"));
+    mesh.up("contacts");
+    let rid = mesh.erase(&id);
+    mesh.wait_until(&format!("/v1/dsar/{rid}"), |r| r["status"] == "completed");
+    assert!(mesh.rows_of(&id).iter().all(|(_, n)| *n == 0));
+
+    // Restore the backup: the person is back in contacts.
+    mesh.kill("contacts");
+    mesh.admin(&format!("DROP DATABASE {contacts_db}"));
+    mesh.admin(&format!("CREATE DATABASE {contacts_db} TEMPLATE {backup}"));
+    mesh.up("contacts");
+    assert!(mesh.rows_of(&id).iter().any(|(t, n)| t == "contacts.contacts" && *n == 1));
+
+    // `carnet dsar replay-erasures` re-applies the ledger.
+    let out = mesh
+        .carnet("dsar")
+        .args(["dsar", "replay-erasures", "--since", &before_backup.to_rfc3339(), "--endpoint", &mesh.endpoint("dsar")])
+        .env("CARNET__GATEWAY__DATABASE_URL", &mesh.dbs["gateway"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((summary["matched"].as_u64(), summary["entries"].as_u64()), (Some(1), Some(1)), "{summary}");
+    let deadline = Instant::now() + WAIT;
+    while mesh.rows_of(&id).iter().any(|(_, n)| *n > 0) {
+        assert!(Instant::now() < deadline, "the replay did not erase: {:?}", mesh.rows_of(&id));
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -186,6 +186,9 @@ pub struct CreateContactBody {
     #[serde(default)]
     pub fields: BTreeMap<String, FieldValueBody>,
     pub source: SourceBody,
+    /// Needed to create a person erased earlier on request (their e-mail or phone matches an
+    /// erasure tombstone): why it is lawful now. Kept in the contact's history.
+    pub erasure_override_reason: Option<String>,
 }
 
 /// Distinguishes an absent member (`None`) from an explicit `null` (`Some(None)`).
@@ -418,6 +421,7 @@ pub async fn create_contact(
             actor: String::new(),
             collected_at: body.source.collected_at.map(to_timestamp),
         }),
+        erasure_override_reason: body.erasure_override_reason.unwrap_or_default(),
     };
     let contact = state.contacts(&auth).create_contact(req).await?.into_inner();
     Ok((StatusCode::CREATED, Json(contact.into())))

@@ -45,7 +45,8 @@ impl ContactsService for ContactsGrpc {
         let mut req = request.into_inner();
         let source = convert::source_from_proto(req.source.take(), &caller.principal)?;
         let input = convert::input_from_create(&mut req)?;
-        let contact = self.store.create(caller.tenant_id, input, source).await?;
+        let override_opt = Some(std::mem::take(&mut req.erasure_override_reason)).filter(|r| !r.trim().is_empty());
+        let contact = self.store.create_with(caller.tenant_id, input, source, override_opt).await?;
         tracing::info!(tenant_id = %caller.tenant_id, contact_id = %contact.id, "contact created");
         Ok(Response::new(convert::contact_to_proto(contact)))
     }

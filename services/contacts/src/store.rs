@@ -23,7 +23,7 @@ use crate::domain::{
     Channel, Contact, ContactChange, ContactInput, ContactPage, ContactPatch, Erased, FieldDefinition, FieldPolicy,
     FieldValue, Flag, FlagKind, Source, is_builtin,
 };
-use crate::entity::{contact, contact_change, field_policy};
+use crate::entity::{contact, contact_change, field_policy, tombstone};
 use crate::validate;
 
 /// Default and maximum page sizes of [`ContactStore::list`].
@@ -47,13 +47,92 @@ pub(crate) fn db_err(err: DbErr) -> ServiceError {
 pub struct ContactStore {
     db: Db,
     batcher: Batcher,
+    /// Keys the erasure tombstones (HMAC per tenant).
+    tombstone_key: std::sync::Arc<Vec<u8>>,
+}
+
+/// The keyed hash of a tombstone: HMAC-SHA256(key, tenant ‖ field ‖ normalised value), hex.
+fn tombstone_hash(key: &[u8], tenant_id: Uuid, field: &str, value: &str) -> String {
+    use hmac::Mac as _;
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("hmac takes keys of any length");
+    m.update(tenant_id.as_bytes());
+    m.update(field.as_bytes());
+    m.update(value.as_bytes());
+    hex::encode(m.finalize().into_bytes())
 }
 
 impl ContactStore {
     /// Returns a store on `db`; spawns the create batcher on the current tokio runtime.
     pub fn new(db: Db) -> Self {
         let batcher = Batcher::spawn(db.clone());
-        ContactStore { db, batcher }
+        let key: [u8; 32] = rand::random();
+        ContactStore { db, batcher, tombstone_key: std::sync::Arc::new(key.to_vec()) }
+    }
+
+    /// Uses `key` for erasure tombstones (derived from the mesh key, so it survives restarts;
+    /// [`ContactStore::new`] picks a random one).
+    pub fn with_tombstone_key(mut self, key: Vec<u8>) -> Self {
+        self.tombstone_key = std::sync::Arc::new(key);
+        self
+    }
+
+    /// Creates a contact unless its e-mail or phone belongs to a person erased on request,
+    /// which needs `erasure_override_opt` (a reason, kept in the contact's history).
+    pub async fn create_with(
+        &self,
+        tenant_id: Uuid,
+        input: ContactInput,
+        source: Source,
+        erasure_override_opt: Option<String>,
+    ) -> Result<Contact, ServiceError> {
+        let override_opt = erasure_override_opt.map(|r| r.trim().to_string()).filter(|r| !r.is_empty());
+        let mut hashes = Vec::new();
+        if let Some(email) = input.email_opt.as_deref().and_then(|e| validate::normalize_email(e).ok()) {
+            hashes.push(("email", tombstone_hash(&self.tombstone_key, tenant_id, "email", &email)));
+        }
+        if let Some(phone) = input.phone_opt.as_deref().and_then(|p| validate::normalize_phone(p).ok()) {
+            hashes.push(("phone", tombstone_hash(&self.tombstone_key, tenant_id, "phone", &phone)));
+        }
+        if !hashes.is_empty() {
+            let found = tombstone::Entity::find()
+                .filter(tombstone::Column::TenantId.eq(tenant_id))
+                .filter(tombstone::Column::Hash.is_in(hashes.iter().map(|(_, h)| h.clone())))
+                .all(&self.db.read)
+                .await
+                .map_err(db_err)?;
+            if let Some(t) = found.first() {
+                match &override_opt {
+                    None => {
+                        return Err(ServiceError::new(
+                            ErrorCode::FailedPrecondition,
+                            format!(
+                                "{}: belongs to a person erased on request {}; creating it again needs erasure_override_reason",
+                                t.field, t.request_id
+                            ),
+                        )
+                        .with_field(t.field.clone()));
+                    }
+                    Some(_) => {
+                        tracing::warn!(%tenant_id, request_id = %t.request_id, "an erased person is created again under an override");
+                    }
+                }
+            }
+        }
+        let contact = self.batcher.create(tenant_id, input, source).await?;
+        if let Some(reason) = override_opt {
+            let row = change_row(
+                tenant_id,
+                contact.id,
+                "erasure_override",
+                &[],
+                &contact.source.actor,
+                Some(reason),
+                None,
+                None,
+            );
+            contact_change::Entity::insert(row).exec_without_returning(&self.db.write).await.map_err(db_err)?;
+        }
+        Ok(contact)
     }
 
     pub fn db(&self) -> &Db {
@@ -216,6 +295,7 @@ impl ContactStore {
     /// absent subject removes nothing and succeeds, so the DSAR orchestrator can retry.
     pub async fn erase_subject(&self, tenant_id: Uuid, id: Uuid, request_id: &str) -> Result<Erased, ServiceError> {
         let txn = self.db.begin_write().await.map_err(db_err)?;
+        write_tombstones(&txn, &self.tombstone_key, tenant_id, id, request_id).await?;
         let erased = remove_subject(&txn, tenant_id, id, request_id).await?;
         txn.commit().await.map_err(db_err)?;
         Ok(erased)
@@ -225,6 +305,7 @@ impl ContactStore {
     /// transaction. Idempotent: a repeat removes nothing and confirms again.
     pub async fn erase_for_request(&self, tenant_id: Uuid, id: Uuid, request_id: &str) -> Result<Erased, ServiceError> {
         let txn = self.db.begin_write().await.map_err(db_err)?;
+        write_tombstones(&txn, &self.tombstone_key, tenant_id, id, request_id).await?;
         let erased = remove_subject(&txn, tenant_id, id, request_id).await?;
         let removed = [("contacts", erased.contacts), ("contact_changes", erased.contact_changes)];
         let event = outbox::confirmation(crate::SERVICE_NAME, request_id, id, &removed);
@@ -729,6 +810,48 @@ fn change_row(
         source: Set(related_source_opt.map(|s| serde_json::to_value(s).expect("source serialises"))),
         at: Set(carnet_kit::db::now()),
     }
+}
+
+/// Records keyed-hash tombstones of an erased contact's e-mail and phone (Art. 17 erasures only,
+/// not a plain delete), so the person is not silently re-created.
+async fn write_tombstones<C: ConnectionTrait>(
+    conn: &C,
+    key: &[u8],
+    tenant_id: Uuid,
+    id: Uuid,
+    request_id: &str,
+) -> Result<(), ServiceError> {
+    let Some(c) = contact::Entity::find()
+        .filter(contact::Column::TenantId.eq(tenant_id))
+        .filter(contact::Column::Id.eq(id))
+        .all(conn)
+        .await
+        .map_err(db_err)?
+        .pop()
+    else {
+        return Ok(());
+    };
+    let request = if request_id.is_empty() { "(no request id)".to_string() } else { request_id.to_string() };
+    for (field, value_opt) in [("email", c.email), ("phone", c.phone)] {
+        let Some(value) = value_opt else { continue };
+        let row = tombstone::ActiveModel {
+            tenant_id: Set(tenant_id),
+            hash: Set(tombstone_hash(key, tenant_id, field, &value)),
+            field: Set(field.to_string()),
+            request_id: Set(request.clone()),
+            created_at: Set(carnet_kit::db::now()),
+        };
+        tombstone::Entity::insert(row)
+            .on_conflict(
+                sea_orm::sea_query::OnConflict::columns([tombstone::Column::TenantId, tombstone::Column::Hash])
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(conn)
+            .await
+            .map_err(db_err)?;
+    }
+    Ok(())
 }
 
 async fn remove_subject<C: ConnectionTrait>(
