@@ -236,3 +236,43 @@ async fn test_legal_hold_refuses_erasure_until_lifted_and_deadlines_extend_once(
     assert_eq!(holds.json["holds"][0]["lift_reason"], "settled");
     sb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_rectification_and_restriction_requests_apply_and_name_their_recipients() {
+    let sb = Sandbox::monolith().await;
+    let (http, key, _) = setup(&sb).await;
+    let id = person(&http, &key, "rectify@example.org").await;
+    let r = http
+        .json(
+            "POST",
+            "/v1/dsar",
+            Some(&key),
+            Some(json!({"kind": "rectification", "contact_id": id, "changes": {"last_name": "Corrected"}})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    assert_eq!(r.json["status"], "completed");
+    assert_eq!(r.json["recipients"], json!(["contacts", "consent", "comms"]));
+    let c = http.json("GET", &format!("/v1/contacts/{id}"), Some(&key), None).await;
+    assert_eq!(c.json["last_name"], "Corrected");
+
+    let bad = http.json("POST", "/v1/dsar", Some(&key), Some(json!({"kind": "rectification", "contact_id": id}))).await;
+    assert_eq!((bad.status, bad.field()), (400, "changes"));
+    let bad = http.json("POST", "/v1/dsar", Some(&key), Some(json!({"kind": "forget-me", "contact_id": id}))).await;
+    assert_eq!((bad.status, bad.field()), (400, "kind"));
+
+    let r = http.json("POST", "/v1/dsar", Some(&key), Some(json!({"kind": "restriction", "contact_id": id}))).await;
+    assert_eq!((r.status, r.json["status"].as_str()), (201, Some("completed")), "{:?}", r.json);
+    let check = http
+        .json(
+            "POST",
+            "/v1/consents/check",
+            Some(&key),
+            Some(json!({"checks": [{"contact_id": id, "purpose": "news"}]})),
+        )
+        .await;
+    assert_eq!(check.json["results"][0]["reason"], "restricted", "every consent-gated use stops");
+    let queue = http.json("GET", "/v1/dsar?open=false", Some(&key), None).await;
+    assert_eq!(queue.json["requests"].as_array().unwrap().len(), 2);
+    sb.stop().await;
+}
