@@ -143,6 +143,51 @@ async fn test_grpc_calls_are_exported_as_spans_without_personal_data() {
     assert!(!grpc_span.parent_span_id.is_empty(), "the service span has a parent in the same trace");
     let everything = format!("{:?}", collector.received.lock().unwrap());
     assert!(!everything.contains("traced-person"), "e-mail leaked into telemetry");
+
+    // One erasure request is one trace: the edge, the DSAR call, the event published through
+    // the outbox, each participant handling it, and the confirmations handled by DSAR.
+    let contact_id = answer.json["id"].as_str().unwrap().to_string();
+    let erase_trace = "0af7651916cd43dd8448eb211c80319c";
+    let erased = http
+        .raw_with_headers(
+            "POST",
+            "/v1/dsar",
+            &[
+                ("authorization", format!("Bearer {key}")),
+                ("traceparent", format!("00-{erase_trace}-b7ad6b7169203331-01")),
+            ],
+            Some("application/json"),
+            serde_json::to_vec(&serde_json::json!({"kind": "erasure", "contact_id": contact_id})).unwrap(),
+        )
+        .await;
+    assert_eq!(erased.status, 201, "{:?}", erased.json);
+    let wanted = hex_to_bytes(erase_trace);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        guard.flush();
+        let names: Vec<String> = collector
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.resource_spans.clone())
+            .flat_map(|rs| rs.scope_spans)
+            .flat_map(|ss| ss.spans)
+            .filter(|s| s.trace_id == wanted)
+            .map(|s| s.name)
+            .collect();
+        let has = |n: &str| names.iter().filter(|x| x.as_str() == n).count();
+        if has("POST /v1/dsar") == 1
+            && has("carnet.dsar.v1.DsarService/CreateRequest") == 1
+            && has("erasure.requested publish") >= 1
+            && has("erasure.requested process") >= 3
+            && has("erasure.confirmed process") >= 3
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the erasure's spans are not one trace: {names:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     sandbox.stop().await;
 }
 

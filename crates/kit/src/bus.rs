@@ -112,7 +112,8 @@ impl EventBus for EmbeddedBus {
         let consumers: Vec<Consumer> =
             self.consumers.read().await.iter().filter(|c| c.kinds.iter().any(|k| k == kind)).cloned().collect();
         for c in consumers {
-            (c.handler)(decoded.clone())
+            let span = crate::telemetry::event_span(kind, &c.durable, &decoded.id, &decoded.trace_context);
+            tracing::Instrument::instrument((c.handler)(decoded.clone()), span)
                 .await
                 .map_err(|e| BusError(format!("consumer {} failed on {kind}: {e}", c.durable)))?;
         }
@@ -221,7 +222,9 @@ impl EventBus for NatsBus {
                         }
                     };
                     let event_id = event.id.clone();
-                    match (consumer.handler)(event).await {
+                    let kind = kind_of_subject(&msg.subject).to_string();
+                    let span = crate::telemetry::event_span(&kind, &consumer.durable, &event_id, &event.trace_context);
+                    match tracing::Instrument::instrument((consumer.handler)(event), span).await {
                         Ok(()) => {
                             if let Err(e) = msg.double_ack().await {
                                 tracing::warn!(consumer = %consumer.durable, %event_id, error = %e, "ack failed");

@@ -85,7 +85,8 @@ pub fn row(tenant_id: Uuid, payload: Payload) -> entity::ActiveModel {
         id: id.to_string(),
         tenant_id: tenant_id.to_string(),
         occurred_at: Some(crate::grpc::to_timestamp(now)),
-        trace_context: Default::default(),
+        // The change's trace continues through the bus into every consumer.
+        trace_context: crate::telemetry::current_trace_context(),
         payload: Some(payload),
     };
     entity::ActiveModel {
@@ -137,7 +138,10 @@ impl Relay {
                         continue;
                     }
                 };
-                if let Err(e) = self.bus.publish(&outgoing).await {
+                let context: std::collections::HashMap<String, String> = outgoing.headers.iter().cloned().collect();
+                let span = crate::telemetry::publish_span(&row.kind, &outgoing.id, &context);
+                let published = tracing::Instrument::instrument(self.bus.publish(&outgoing), span).await;
+                if let Err(e) = published {
                     tracing::warn!(service = self.service, event_id = %row.id, kind = %row.kind, error = %e, "publish failed; retrying later");
                     return Ok(total);
                 }

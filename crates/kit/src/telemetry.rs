@@ -150,3 +150,65 @@ pub fn propagate_trace(metadata: &mut tonic::metadata::MetadataMap) {
         &mut MetadataInjector(metadata),
     );
 }
+
+/// The W3C trace context of the current span, as the map events carry it
+/// (`carnet.events.v1.Event.trace_context`, NATS headers).
+pub fn current_trace_context() -> std::collections::HashMap<String, String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = tracing::Span::current().context();
+    let propagator = opentelemetry_sdk::propagation::TraceContextPropagator::new();
+    let mut map = std::collections::HashMap::new();
+    opentelemetry::propagation::TextMapPropagator::inject_context(&propagator, &context, &mut map);
+    map
+}
+
+/// Makes `span` a child of the trace context an event carries, when it carries one.
+pub fn continue_trace_from_map(span: &tracing::Span, map: &std::collections::HashMap<String, String>) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if map.contains_key("traceparent") {
+        let propagator = opentelemetry_sdk::propagation::TraceContextPropagator::new();
+        let parent = opentelemetry::propagation::TextMapPropagator::extract(&propagator, map);
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// The span of one event handled by a consumer: named and attributed after the OpenTelemetry
+/// messaging conventions, a child of the event's trace context (ids only).
+pub fn event_span(
+    kind: &str,
+    consumer: &str,
+    event_id: &str,
+    trace_context: &std::collections::HashMap<String, String>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "event.process",
+        otel.name = %format!("{kind} process"),
+        otel.kind = "consumer",
+        messaging.system = "carnet",
+        messaging.operation = "process",
+        messaging.destination.name = %kind,
+        messaging.consumer.group.name = %consumer,
+        messaging.message.id = %event_id,
+    );
+    continue_trace_from_map(&span, trace_context);
+    span
+}
+
+/// The span of one event published by an outbox relay.
+pub fn publish_span(
+    kind: &str,
+    event_id: &str,
+    trace_context: &std::collections::HashMap<String, String>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "event.publish",
+        otel.name = %format!("{kind} publish"),
+        otel.kind = "producer",
+        messaging.system = "carnet",
+        messaging.operation = "publish",
+        messaging.destination.name = %kind,
+        messaging.message.id = %event_id,
+    );
+    continue_trace_from_map(&span, trace_context);
+    span
+}
