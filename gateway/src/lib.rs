@@ -241,6 +241,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/dsar/{id}", get(dsar::get))
         .route("/v1/dsar/{id}/export", get(dsar::export))
         .route("/v1/dsar/{id}/extend", post(dsar::extend))
+        .route("/v1/dsar/{id}/reject", post(dsar::reject))
         .route("/v1/legal-holds", post(dsar::place_hold).get(dsar::list_holds))
         .route("/v1/legal-holds/{id}/lift", post(dsar::lift_hold))
         .route("/v1/erasure-ledger", get(dsar::ledger))

@@ -69,6 +69,7 @@ impl Modify for BearerAuth {
         dsar::get,
         dsar::export,
         dsar::extend,
+        dsar::reject,
         dsar::place_hold,
         dsar::list_holds,
         dsar::lift_hold,

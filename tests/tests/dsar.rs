@@ -227,6 +227,23 @@ async fn test_legal_hold_refuses_erasure_until_lifted_and_deadlines_extend_once(
     assert!(ext.json["extended"].as_bool().unwrap());
     let again = http.json("POST", &format!("/v1/dsar/{rid}/extend"), Some(&key), Some(json!({"reason": "more"}))).await;
     assert_eq!((again.status, again.code()), (409, "failed_precondition"));
+    // A request can be rejected with the reason the requester is told, while it is open.
+    let open = http
+        .json("POST", "/v1/dsar", Some(&key), Some(json!({"kind": "restriction", "contact_id": id, "active": false})))
+        .await;
+    assert_eq!(open.json["status"], "completed");
+    let done = http
+        .json(
+            "POST",
+            &format!("/v1/dsar/{}/reject", open.json["id"].as_str().unwrap()),
+            Some(&key),
+            Some(json!({"reason": "x"})),
+        )
+        .await;
+    assert_eq!((done.status, done.code()), (409, "failed_precondition"), "a completed request stays completed");
+    let no_reason =
+        http.json("POST", &format!("/v1/dsar/{rid}/reject"), Some(&key), Some(json!({"reason": " "}))).await;
+    assert_eq!((no_reason.status, no_reason.field()), (400, "reason"));
 
     let erased = http.json("POST", "/v1/dsar", Some(&key), Some(json!({"kind": "erasure", "contact_id": id}))).await;
     assert_eq!(erased.status, 201, "{:?}", erased.json);

@@ -65,6 +65,8 @@ pub struct DsarView {
     pub extended: bool,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub extension_reason: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub rejection_reason: String,
     pub verification: String,
     pub completed_at: Option<DateTime<Utc>>,
     pub tasks: Vec<TaskView>,
@@ -87,6 +89,7 @@ fn view(r: pb::DsarRequest) -> DsarView {
         overdue: r.overdue,
         extended: r.extended,
         extension_reason: r.extension_reason,
+        rejection_reason: r.rejection_reason,
         verification: r.verification,
         completed_at: time(r.completed_at),
         tasks: r
@@ -122,6 +125,13 @@ pub struct ExtendBody {
     pub reason: String,
     /// 1 or 2 (default 2).
     pub months: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RejectBody {
+    /// What the requester is told (Art. 12(4)).
+    pub reason: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -271,6 +281,21 @@ pub async fn extend(
     path_id("id", &id)?;
     let req = pb::ExtendRequest { id, reason: body.reason, months: body.months.unwrap_or(2) };
     Ok(Json(view(state.dsar(&auth)?.extend(req).await?.into_inner())))
+}
+
+/// Rejects an open request with the reason the requester is told.
+#[utoipa::path(post, path = "/v1/dsar/{id}/reject", tag = "dsar", params(("id" = String, Path)), request_body = RejectBody,
+    responses((status = 200, body = DsarView), (status = "4XX", body = Problem)))]
+pub async fn reject(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<RejectBody>,
+) -> Result<Json<DsarView>, ApiError> {
+    auth.require(Permission::DsarManage)?;
+    path_id("id", &id)?;
+    let req = pb::RejectRequest { id, reason: body.reason };
+    Ok(Json(view(state.dsar(&auth)?.reject(req).await?.into_inner())))
 }
 
 /// Places a legal hold: erasure of the contact is refused until it is lifted.

@@ -281,6 +281,16 @@ impl DsarService for DsarGrpc {
         Ok(Response::new(self.view(r).await?))
     }
 
+    async fn reject(&self, request: Request<pb::RejectRequest>) -> Result<Response<pb::DsarRequest>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let id = parse_id("id", &req.id)?;
+        let why = reason("reason", &req.reason)?;
+        let r = self.engine.store().reject(caller.tenant_id, id, &why).await?;
+        tracing::info!(tenant_id = %caller.tenant_id, request_id = %id, "dsar request rejected");
+        Ok(Response::new(self.view(r).await?))
+    }
+
     async fn place_hold(&self, request: Request<pb::PlaceHoldRequest>) -> Result<Response<pb::LegalHold>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();

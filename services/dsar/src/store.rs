@@ -200,6 +200,51 @@ impl DsarStore {
         row.update(&self.db.write).await.map_err(db_err)
     }
 
+    /// Rejects an open request with a reason; its pending tasks are cancelled (no re-asking).
+    pub async fn reject(&self, tenant_id: Uuid, id: Uuid, reason: &str) -> Result<request::Model, ServiceError> {
+        let txn = self.db.begin_write().await.map_err(db_err)?;
+        let current = request::Entity::find_by_id((tenant_id, id))
+            .one(&txn)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| ServiceError::not_found("request", id))?;
+        if current.status == COMPLETED || current.status == REJECTED {
+            return Err(ServiceError::new(
+                ErrorCode::FailedPrecondition,
+                format!("request {id} is {}", current.status),
+            )
+            .with_field("id"));
+        }
+        let tasks = task::Entity::find()
+            .filter(task::Column::TenantId.eq(tenant_id))
+            .filter(task::Column::RequestId.eq(id))
+            .all(&txn)
+            .await
+            .map_err(db_err)?;
+        if current.kind == "erasure" && tasks.iter().any(|t| t.status == CONFIRMED) {
+            return Err(ServiceError::new(
+                ErrorCode::FailedPrecondition,
+                format!("request {id}: participants have already erased; it completes instead"),
+            )
+            .with_field("id"));
+        }
+        task::Entity::update_many()
+            .col_expr(task::Column::Status, Expr::value("cancelled"))
+            .filter(task::Column::TenantId.eq(tenant_id))
+            .filter(task::Column::RequestId.eq(id))
+            .filter(task::Column::Status.eq(PENDING))
+            .exec(&txn)
+            .await
+            .map_err(db_err)?;
+        let mut row: request::ActiveModel = current.into();
+        row.status = Set(REJECTED.into());
+        row.rejection_reason = Set(Some(reason.to_string()));
+        row.completed_at = Set(Some(now()));
+        let model = row.update(&txn).await.map_err(db_err)?;
+        txn.commit().await.map_err(db_err)?;
+        Ok(model)
+    }
+
     // ----- legal holds -----
 
     pub async fn place_hold(
