@@ -175,7 +175,9 @@ impl AppState {
         let channel = self.dsar_opt.clone().ok_or_else(|| {
             ApiError::new(ErrorCode::Unavailable, "no DSAR service is configured (gateway.dsar_endpoint)")
         })?;
-        Ok(DsarServiceClient::with_interceptor(channel, self.signer(auth.0.clone())))
+        // Access exports can be large (a person with many activities): accept up to 256 MiB.
+        Ok(DsarServiceClient::with_interceptor(channel, self.signer(auth.0.clone()))
+            .max_decoding_message_size(256 * 1024 * 1024))
     }
 
     /// A contacts client acting as `caller` (public pages act for the tenant a link or form names).

@@ -5,21 +5,15 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "support/proc.rs"]
+mod proc;
+use proc::Reaper;
 
 const CARNET: &str = env!("CARGO_BIN_EXE_carnet");
 const RECIPIENTS: usize = 120;
-
-/// Kills a child process when dropped (a failing test leaves no process behind).
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The loopback SMTP sink, or `None` (skipped) when aiosmtpd is missing and not required.
 fn sink(dir: &Path) -> Option<(Reaper, u16)> {

@@ -6,40 +6,19 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+#[path = "support/proc.rs"]
+mod proc;
+use proc::{Reaper, free_port};
 
 const CARNET: &str = env!("CARGO_BIN_EXE_carnet");
 const MESH_KEY: &str = "a-mesh-signing-key-for-the-split-mesh-test";
 const TARGETS: [&str; 5] = ["contacts", "consent", "comms", "dsar", "gateway"];
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Kills a child process when dropped.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A free port below Linux's ephemeral range (32768+), so no outgoing connection of another
-/// process takes it between this check and a restart that binds it again.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let seed = (std::process::id() as u16).wrapping_mul(7919) % 10_000;
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(13))) % 12_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
 
 /// One mesh at a time: five processes and a NATS server each are plenty for two cores.
 static ONE_MESH: std::sync::Mutex<()> = std::sync::Mutex::new(());
