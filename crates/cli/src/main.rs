@@ -59,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         command: DsarCommand,
     },
+    /// Commands for plugin authors.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -110,6 +115,27 @@ enum DsarCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum PluginCommand {
+    /// Checks a plugin (a component, or a core module built with wit-bindgen) against the
+    /// `carnet:enricher` world and its manifest; prints what it reads, writes and may call.
+    Check {
+        file: PathBuf,
+        /// Default: `carnet-plugin.toml` beside FILE, or in the directories above it.
+        #[arg(long, value_name = "TOML")]
+        manifest: Option<PathBuf>,
+    },
+    /// Runs a plugin once on `--input` (a JSON object of field values) within the default
+    /// limits, and prints its updates.
+    Run {
+        file: PathBuf,
+        #[arg(long, value_name = "JSON")]
+        input: String,
+        #[arg(long, value_name = "TOML")]
+        manifest: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum ConfigCommand {
     /// Prints the effective configuration with secrets redacted.
     Show,
@@ -131,6 +157,32 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Reads a plugin and its manifest (given, or `carnet-plugin.toml` beside the file or above it).
+fn load_plugin(
+    file: &std::path::Path,
+    manifest_opt: Option<PathBuf>,
+) -> anyhow::Result<(carnet_plugin_host::Host, carnet_plugin_host::Plugin)> {
+    use anyhow::Context as _;
+    let bytes = std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
+    let manifest_path = match manifest_opt {
+        Some(p) => p,
+        None => file
+            .ancestors()
+            .skip(1)
+            .map(|d| d.join("carnet-plugin.toml"))
+            .find(|p| p.exists())
+            .ok_or_else(|| anyhow::anyhow!("no carnet-plugin.toml beside {} (give --manifest)", file.display()))?,
+    };
+    let text = std::fs::read_to_string(&manifest_path)
+        .with_context(|| format!("failed to read {}", manifest_path.display()))?;
+    let manifest =
+        carnet_plugin_host::Manifest::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", manifest_path.display()))?;
+    let component = carnet_plugin_host::componentize(&bytes)?;
+    let host = carnet_plugin_host::Host::new(carnet_plugin_host::Limits::default()).map_err(anyhow::Error::msg)?;
+    let plugin = host.load(manifest, &component)?;
+    Ok((host, plugin))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -220,6 +272,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("{}", serde_json::json!({"tenants": tenants.len(), "entries": entries, "matched": matched}));
             Ok(())
+        }
+        Command::Plugin { command } => {
+            let (file, manifest_opt, input_opt) = match command {
+                PluginCommand::Check { file, manifest } => (file, manifest, None),
+                PluginCommand::Run { file, input, manifest } => (file, manifest, Some(input)),
+            };
+            let (host, plugin) = load_plugin(&file, manifest_opt)?;
+            let m = &plugin.manifest;
+            let Some(input) = input_opt else {
+                println!(
+                    "{}",
+                    serde_json::json!({"plugin": m.id(), "api_version": m.api_version, "reads": m.reads,
+                        "writes": m.writes, "profiling": m.profiling, "hosts": m.hosts, "categories": m.categories,
+                        "purposes": m.purposes})
+                );
+                return Ok(());
+            };
+            let values: std::collections::BTreeMap<String, serde_json::Value> =
+                serde_json::from_str(&input).map_err(|e| anyhow::anyhow!("--input must be a JSON object: {e}"))?;
+            let fields = values
+                .into_iter()
+                .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+                .collect();
+            match host.run(&plugin, &fields) {
+                Ok((updates, report)) => {
+                    let updates: serde_json::Map<String, serde_json::Value> =
+                        updates.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
+                    println!(
+                        "{}",
+                        serde_json::json!({"plugin": m.id(), "updates": updates, "read": report.read,
+                            "log_lines": report.log_lines})
+                    );
+                    Ok(())
+                }
+                Err(e) => anyhow::bail!("the run failed: {e}"),
+            }
         }
         Command::Tenant { command: TenantCommand::Create { name, data_dir } } => {
             let keys = key_store(config_path, data_dir).await?;

@@ -260,6 +260,21 @@ impl Host {
     }
 }
 
+/// Returns `bytes` as a component: a component as is, a core module carrying its component-type
+/// metadata (what `cargo build --target wasm32-unknown-unknown` with wit-bindgen produces)
+/// lifted into one.
+pub fn componentize(bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
+    // The preamble's layer field: 0x00 0x00 for a core module, 0x01 0x00 for a component.
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(bytes.to_vec()),
+        Some([0, b'a', b's', b'm', _, _, 0, 0]) => wit_component::ComponentEncoder::default()
+            .module(bytes)
+            .and_then(|e| e.validate(true).encode())
+            .map_err(|e| LoadError::Component(format!("{e:#}"))),
+        _ => Err(LoadError::Component("not a WebAssembly module or component".into())),
+    }
+}
+
 /// The plugin's own error texts are its author's; they are cut short (they travel to the run
 /// ledger, never to logs).
 fn truncate(m: String) -> String {

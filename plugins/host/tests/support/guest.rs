@@ -16,6 +16,13 @@ static BUILDS: Mutex<()> = Mutex::new(());
 /// The component of example `name` (plugins/examples/<name>), or `None` (skipped) when the wasm
 /// toolchain is missing and `CARNET_REQUIRE_WASM` is not 1.
 pub fn component(name: &str) -> Option<Vec<u8>> {
+    let wasm = module(name)?;
+    Some(carnet_plugin_host::componentize(&std::fs::read(&wasm).expect("the built module")).expect("a component"))
+}
+
+/// Builds example `name` and returns the path of its core module (as `cargo build` leaves it).
+#[allow(dead_code)]
+pub fn module(name: &str) -> Option<PathBuf> {
     if !Path::new(RUSTC).exists() || !Path::new(WASM_LD).exists() {
         assert!(
             std::env::var("CARNET_REQUIRE_WASM").as_deref() != Ok("1"),
@@ -25,8 +32,8 @@ pub fn component(name: &str) -> Option<Vec<u8>> {
         return None;
     }
     let _one = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
-    let plugins = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let workspace_target = plugins.join("../target");
+    let plugins = root().join("plugins");
+    let workspace_target = root().join("target");
     let example = plugins.join("examples").join(name);
     let target_dir = workspace_target.join("guest");
     let mut cmd = Command::new(CARGO);
@@ -48,20 +55,21 @@ pub fn component(name: &str) -> Option<Vec<u8>> {
         .status()
         .expect("run Debian's cargo");
     assert!(status.success(), "building the example plugin {name} failed");
-    let wasm = target_dir.join("wasm32-unknown-unknown/release").join(format!("{}.wasm", name.replace('-', "_")));
-    let module = std::fs::read(&wasm).unwrap_or_else(|e| panic!("{}: {e}", wasm.display()));
-    Some(
-        wit_component::ComponentEncoder::default()
-            .module(&module)
-            .expect("a module with component metadata")
-            .validate(true)
-            .encode()
-            .expect("a component"),
-    )
+    Some(target_dir.join("wasm32-unknown-unknown/release").join(format!("{}.wasm", name.replace('-', "_"))))
+}
+
+/// The workspace root (this file is included by tests of several crates).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|d| d.join("plugins/examples").is_dir())
+        .expect("the workspace root")
+        .to_path_buf()
 }
 
 /// The manifest beside example `name`.
+#[allow(dead_code)]
 pub fn manifest(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name).join("carnet-plugin.toml");
+    let path = root().join("plugins/examples").join(name).join("carnet-plugin.toml");
     std::fs::read_to_string(path).expect("the example's manifest")
 }
