@@ -15,6 +15,7 @@ static BUILDS: Mutex<()> = Mutex::new(());
 
 /// The component of example `name` (plugins/examples/<name>), or `None` (skipped) when the wasm
 /// toolchain is missing and `CARNET_REQUIRE_WASM` is not 1.
+#[allow(dead_code)]
 pub fn component(name: &str) -> Option<Vec<u8>> {
     let wasm = module(name)?;
     Some(carnet_plugin_host::componentize(&std::fs::read(&wasm).expect("the built module")).expect("a component"))
