@@ -448,7 +448,7 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
                 );
                 consumers.push(carnet_dsar::consumer(engine.clone()));
                 relays.push((db.clone(), "dsar"));
-                let grpc = carnet_dsar::DsarGrpc::new(engine.clone(), mesh_key.clone());
+                let grpc = carnet_dsar::DsarGrpc::new(engine.clone());
                 let svc = DsarServiceServer::new(grpc).max_decoding_message_size(cfg.grpc.max_message_bytes);
                 router =
                     router.add_service(tonic::service::interceptor::InterceptedService::new(svc, interceptor.clone()));

@@ -253,7 +253,30 @@ impl EventBus for NatsBus {
 /// A type-erased bus.
 pub type SharedBus = Arc<dyn EventBus>;
 
-/// Decoded-payload helpers for handlers.
-pub fn tenant_of(event: &Event) -> Option<uuid::Uuid> {
-    event.tenant_id.parse().ok()
+/// The consumer of a participant that only erases: on `erasure.requested` naming `service`,
+/// calls `erase(tenant, request id, subject)`, which erases and writes `erasure.confirmed` in one
+/// transaction. Events for other participants are acknowledged untouched.
+pub fn erasure_consumer<F, Fut>(service: &'static str, erase: F) -> Consumer
+where
+    F: Fn(uuid::Uuid, String, uuid::Uuid) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), crate::ServiceError>> + Send + 'static,
+{
+    let erase = Arc::new(erase);
+    Consumer {
+        durable: service.to_string(),
+        kinds: vec!["erasure.requested".to_string()],
+        handler: handler(move |event| {
+            let erase = erase.clone();
+            async move {
+                let Some((tenant_id, request_id, subject_id)) = crate::outbox::erasure_for(&event, service) else {
+                    return Ok(());
+                };
+                erase(tenant_id, request_id.clone(), subject_id)
+                    .await
+                    .map_err(|e| format!("{}: {}", e.code, e.message))?;
+                tracing::info!(%tenant_id, %request_id, contact_id = %subject_id, service, "subject erased for a request");
+                Ok(())
+            }
+        }),
+    }
 }

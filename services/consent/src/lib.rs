@@ -52,23 +52,8 @@ impl Validate for ConsentConfig {
 /// The bus consumer of the consent service: erases a subject's ledger on `erasure.requested`
 /// and confirms in the same transaction.
 pub fn consumer(store: ConsentStore) -> carnet_kit::bus::Consumer {
-    carnet_kit::bus::Consumer {
-        durable: SERVICE_NAME.to_string(),
-        kinds: vec!["erasure.requested".to_string()],
-        handler: carnet_kit::bus::handler(move |event| {
-            let store = store.clone();
-            async move {
-                let Some((tenant_id, request_id, subject_id)) = carnet_kit::outbox::erasure_for(&event, SERVICE_NAME)
-                else {
-                    return Ok(());
-                };
-                let (records, _) = store
-                    .erase_for_request(tenant_id, subject_id, &request_id)
-                    .await
-                    .map_err(|e| format!("{}: {}", e.code, e.message))?;
-                tracing::info!(%tenant_id, %request_id, contact_id = %subject_id, records, "consent ledger erased for a request");
-                Ok(())
-            }
-        }),
-    }
+    carnet_kit::bus::erasure_consumer(SERVICE_NAME, move |tenant_id, request_id, subject_id| {
+        let store = store.clone();
+        async move { store.erase_for_request(tenant_id, subject_id, &request_id).await.map(|_| ()) }
+    })
 }

@@ -66,6 +66,11 @@ impl Engine {
         &self.inner.cfg
     }
 
+    /// The key signing this service's calls to the participants.
+    pub fn mesh_key(&self) -> &MeshKey {
+        &self.inner.mesh_key
+    }
+
     pub fn channel(&self, service: &str) -> Option<Channel> {
         self.inner.channels.get(service).cloned()
     }

@@ -21,7 +21,6 @@ const MAX_REASON_CHARS: usize = 1_000;
 
 pub struct DsarGrpc {
     engine: Engine,
-    mesh_key: carnet_kit::MeshKey,
 }
 
 fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
@@ -86,8 +85,8 @@ pub fn request_to_proto(r: request::Model, tasks: Vec<task::Model>) -> pb::DsarR
 }
 
 impl DsarGrpc {
-    pub fn new(engine: Engine, mesh_key: carnet_kit::MeshKey) -> Self {
-        DsarGrpc { engine, mesh_key }
+    pub fn new(engine: Engine) -> Self {
+        DsarGrpc { engine }
     }
 
     fn contacts(
@@ -104,7 +103,7 @@ impl DsarGrpc {
             .ok_or_else(|| ServiceError::new(ErrorCode::Unavailable, "no contacts service is configured"))?;
         let mut service = Caller::new(caller.tenant_id, "service:dsar", perms.iter().copied());
         service.request_id = caller.request_id.clone();
-        Ok(ContactsServiceClient::with_interceptor(channel, CallerSigner::new(self.mesh_key.clone(), service)))
+        Ok(ContactsServiceClient::with_interceptor(channel, CallerSigner::new(self.engine.mesh_key().clone(), service)))
     }
 
     /// The subject of a request: its contact id, or the contact holding `email`.

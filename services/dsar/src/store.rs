@@ -54,8 +54,7 @@ pub fn add_months(at: DateTime<Utc>, months: u32) -> DateTime<Utc> {
     at.checked_add_months(chrono::Months::new(months)).unwrap_or(at)
 }
 
-fn erasure_event(tenant_id: Uuid, request_id: Uuid, subject_id: Uuid, participants: Vec<String>) -> Payload {
-    let _ = tenant_id;
+fn erasure_event(request_id: Uuid, subject_id: Uuid, participants: Vec<String>) -> Payload {
     Payload::ErasureRequested(ErasureRequested {
         request_id: request_id.to_string(),
         subject_id: subject_id.to_string(),
@@ -140,7 +139,7 @@ impl DsarStore {
             .insert(&txn)
             .await
             .map_err(db_err)?;
-            let event = erasure_event(tenant_id, id, new.subject_id, new.participants.clone());
+            let event = erasure_event(id, new.subject_id, new.participants.clone());
             carnet_kit::outbox::enqueue(&txn, tenant_id, event).await.map_err(db_err)?;
         }
         txn.commit().await.map_err(db_err)?;
@@ -399,7 +398,7 @@ impl DsarStore {
             }
             if req.kind == "erasure" {
                 let missing = tasks.iter().map(|t| t.service.clone()).collect();
-                let event = erasure_event(tenant_id, request_id, req.subject_id, missing);
+                let event = erasure_event(request_id, req.subject_id, missing);
                 carnet_kit::outbox::enqueue(&txn, tenant_id, event).await.map_err(db_err)?;
                 sent += 1;
             }
@@ -513,7 +512,7 @@ impl DsarStore {
         participants: Vec<String>,
     ) -> Result<(), ServiceError> {
         let txn = self.db.begin_write().await.map_err(db_err)?;
-        carnet_kit::outbox::enqueue(&txn, tenant_id, erasure_event(tenant_id, request_id, subject_id, participants))
+        carnet_kit::outbox::enqueue(&txn, tenant_id, erasure_event(request_id, subject_id, participants))
             .await
             .map_err(db_err)?;
         txn.commit().await.map_err(db_err)?;
