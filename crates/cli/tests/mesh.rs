@@ -81,6 +81,8 @@ struct Mesh {
     procs: BTreeMap<&'static str, Reaper>,
     key: String,
     rt: tokio::runtime::Runtime,
+    /// comms' data dir (its mail folder); removed with the mesh.
+    data_dir: tempfile::TempDir,
     // Last: released once the processes above are gone.
     _one: std::sync::MutexGuard<'static, ()>,
 }
@@ -116,6 +118,7 @@ impl Mesh {
             procs: BTreeMap::new(),
             key: String::new(),
             rt,
+            data_dir: tempfile::tempdir().unwrap(),
         };
         for t in TARGETS {
             let out = mesh.carnet(t).args(["migrate", "--target", t]).output().unwrap();
@@ -156,10 +159,7 @@ impl Mesh {
                 cmd.env("CARNET__COMMS__CONTACTS_ENDPOINT", self.endpoint("contacts"))
                     .env("CARNET__COMMS__CONSENT_ENDPOINT", self.endpoint("consent"))
                     .env("CARNET__COMMS__PUBLIC_URL", format!("http://127.0.0.1:{}", self.http_port))
-                    .env(
-                        "CARNET__NODE__DATA_DIR",
-                        std::env::temp_dir().join(format!("carnet-mesh-{}", self.http_port)),
-                    );
+                    .env("CARNET__NODE__DATA_DIR", self.data_dir.path());
             }
             "dsar" => {
                 cmd.env("CARNET__DSAR__RETRY_BASE_MS", "500").env("CARNET__DSAR__RETRY_MAX_MS", "2000");
