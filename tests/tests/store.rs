@@ -2,6 +2,7 @@
 //! test command). Each test gets a fresh database; tenants are random, so scoping is real.
 
 use chrono::Utc;
+use prost::Message as _;
 use sea_orm::{ConnectionTrait, EntityTrait, PaginatorTrait};
 use uuid::Uuid;
 
@@ -229,6 +230,7 @@ store_test!(rectification_records_fields_not_values, |f: Fixture| async move {
         clear: vec!["first_name".into()],
         reason_opt: Some("subject asked".into()),
         expected_version_opt: Some(1),
+        source_opt: None,
     };
     let updated = f.store.update(tenant, c.id, "key:clerk", patch).await.unwrap();
     assert_eq!(updated.last_name.as_deref(), Some("King"));
@@ -268,6 +270,68 @@ store_test!(rectification_records_fields_not_values, |f: Fixture| async move {
     };
     assert_eq!(f.store.update(tenant, c.id, "key:clerk", same).await.unwrap().version, 2);
     assert_eq!(f.store.history(tenant, c.id).await.unwrap().len(), 2);
+});
+
+store_test!(values_written_with_a_source_keep_it_until_rectified, |f: Fixture| async move {
+    let tenant = Uuid::now_v7();
+    f.store.set_field_policy(tenant, "key:admin", custom_policy()).await.unwrap();
+    let c = f.store.create(tenant, person("ada@analytical-engines.org"), source()).await.unwrap();
+    assert!(c.field_sources.is_empty());
+    let plugin = Source {
+        channel: Channel::Enrichment,
+        detail: "company-from-domain@1.0.0".into(),
+        actor: "service:enrichment".into(),
+        collected_at: Utc::now(),
+    };
+    let enrich = ContactPatch {
+        set: ContactInput {
+            fields: [("company".to_string(), FieldValue::String("Analytical Engines".into()))].into(),
+            ..Default::default()
+        },
+        source_opt: Some(plugin.clone()),
+        ..Default::default()
+    };
+    let enriched = f.store.update(tenant, c.id, "service:enrichment", enrich).await.unwrap();
+    assert_eq!(enriched.field_sources.len(), 1);
+    let kept = &enriched.field_sources["company"];
+    assert_eq!((kept.channel, kept.detail.as_str()), (Channel::Enrichment, "company-from-domain@1.0.0"));
+    assert_eq!(enriched.source, c.source, "the record's own source is untouched");
+    assert_eq!(f.store.get(tenant, c.id).await.unwrap(), enriched, "the provenance is stored");
+    // The event names the change's channel, so enrichment does not react to its own writes.
+    let events = carnet_kit::outbox::entity::Entity::find().all(&f.db.read).await.unwrap();
+    let last = carnet_proto::events::v1::Event::decode(events.iter().max_by_key(|e| e.id).unwrap().payload.as_slice())
+        .unwrap();
+    let Some(carnet_proto::events::v1::event::Payload::ContactUpserted(up)) = last.payload else { panic!() };
+    assert_eq!(up.source_channel, carnet_proto::common::v1::SourceChannel::Enrichment as i32);
+    // A person's rectification makes the value theirs.
+    let rectify = ContactPatch {
+        set: ContactInput {
+            fields: [("company".to_string(), FieldValue::String("Babbage & Co".into()))].into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let rectified = f.store.update(tenant, c.id, "key:clerk", rectify).await.unwrap();
+    assert!(rectified.field_sources.is_empty());
+    // A cleared value loses its entry too.
+    let again = ContactPatch {
+        set: ContactInput {
+            fields: [("employees".to_string(), FieldValue::Number(12.0))].into(),
+            ..Default::default()
+        },
+        source_opt: Some(plugin),
+        ..Default::default()
+    };
+    assert!(
+        f.store
+            .update(tenant, c.id, "service:enrichment", again)
+            .await
+            .unwrap()
+            .field_sources
+            .contains_key("employees")
+    );
+    let clear = ContactPatch { clear: vec!["employees".into()], ..Default::default() };
+    assert!(f.store.update(tenant, c.id, "key:clerk", clear).await.unwrap().field_sources.is_empty());
 });
 
 store_test!(rectifying_to_a_taken_email_is_refused, |f: Fixture| async move {

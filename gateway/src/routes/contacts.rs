@@ -133,6 +133,9 @@ pub struct ContactView {
     pub phone: Option<String>,
     pub fields: BTreeMap<String, FieldValueBody>,
     pub source: SourceView,
+    /// Provenance of single values written after creation by a named source (an enrichment
+    /// plugin: channel `enrichment`, detail `<plugin>@<version>`).
+    pub field_sources: BTreeMap<String, SourceView>,
     pub restriction: FlagView,
     pub objection: FlagView,
     /// Pass back as `expected_version` to refuse a rectification of a stale copy.
@@ -153,6 +156,12 @@ fn flag_view(flag: Option<pb::Flag>) -> FlagView {
 impl From<pb::Contact> for ContactView {
     fn from(c: pb::Contact) -> Self {
         let source = c.source.unwrap_or_default();
+        let view = |source: pb_common::Source| SourceView {
+            channel: ChannelBody::from_proto(source.channel),
+            detail: source.detail,
+            actor: source.actor,
+            collected_at: time(source.collected_at),
+        };
         ContactView {
             id: c.id,
             email: c.email,
@@ -160,12 +169,8 @@ impl From<pb::Contact> for ContactView {
             last_name: c.last_name,
             phone: c.phone,
             fields: c.fields.iter().filter_map(|(k, v)| Some((k.clone(), FieldValueBody::from_proto(v)?))).collect(),
-            source: SourceView {
-                channel: ChannelBody::from_proto(source.channel),
-                detail: source.detail,
-                actor: source.actor,
-                collected_at: time(source.collected_at),
-            },
+            source: view(source),
+            field_sources: c.field_sources.into_iter().map(|(k, s)| (k, view(s))).collect(),
             restriction: flag_view(c.restriction),
             objection: flag_view(c.objection),
             version: c.version,
@@ -505,6 +510,7 @@ pub async fn update_contact(
         clear_fields: clear,
         reason: body.reason.unwrap_or_default(),
         expected_version: body.expected_version,
+        source: None,
     };
     let contact = state.contacts(&auth).update_contact(req).await?.into_inner();
     Ok(Json(contact.into()))

@@ -4,6 +4,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261129_000001_create_contacts;
 mod m20261129_000002_erasure_tombstones;
+mod m20261129_000003_field_sources;
 
 pub struct Migrator;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261129_000001_create_contacts::Migration),
             Box::new(m20261129_000002_erasure_tombstones::Migration),
+            Box::new(m20261129_000003_field_sources::Migration),
         ]
     }
 

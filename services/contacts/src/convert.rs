@@ -145,6 +145,7 @@ pub fn contact_to_proto(contact: Contact) -> pb::Contact {
         phone: contact.phone,
         fields: contact.fields.iter().map(|(k, v)| (k.clone(), field_value_to_proto(v))).collect(),
         source: Some(source_to_proto(&contact.source)),
+        field_sources: contact.field_sources.iter().map(|(k, s)| (k.clone(), source_to_proto(s))).collect(),
         restriction: Some(flag_to_proto(&contact.restriction)),
         objection: Some(flag_to_proto(&contact.objection)),
         version: contact.version,

@@ -177,6 +177,8 @@ pub struct ContactPatch {
     pub clear: Vec<String>,
     pub reason_opt: Option<String>,
     pub expected_version_opt: Option<i64>,
+    /// Where the values of this update come from; kept per changed field.
+    pub source_opt: Option<Source>,
 }
 
 /// A restriction (Art. 18) or objection (Art. 21) flag.
@@ -205,6 +207,8 @@ pub struct Contact {
     pub phone: Option<String>,
     pub fields: BTreeMap<String, FieldValue>,
     pub source: Source,
+    /// Provenance of single values written after creation with a named source (enrichment).
+    pub field_sources: BTreeMap<String, Source>,
     pub restriction: Flag,
     pub objection: Flag,
     pub version: i64,

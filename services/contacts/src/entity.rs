@@ -15,6 +15,9 @@ pub mod contact {
         pub phone: Option<String>,
         #[sea_orm(column_type = "JsonBinary")]
         pub fields: Json,
+        /// `{key: Source}` of values written with a named source after creation.
+        #[sea_orm(column_type = "JsonBinary")]
+        pub field_sources: Json,
         pub source_channel: String,
         pub source_detail: String,
         pub source_actor: String,

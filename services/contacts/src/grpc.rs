@@ -76,6 +76,10 @@ impl ContactsService for ContactsGrpc {
             clear: req.clear_fields,
             reason_opt: reason_opt(req.reason),
             expected_version_opt: req.expected_version,
+            source_opt: match req.source {
+                Some(source) => Some(convert::source_from_proto(Some(source), &caller.principal)?),
+                None => None,
+            },
         };
         let contact = self.store.update(caller.tenant_id, id, &caller.principal, patch).await?;
         tracing::info!(tenant_id = %caller.tenant_id, contact_id = %id, "contact rectified");

@@ -258,6 +258,16 @@ impl ContactStore {
             other => fields.contains_key(other),
         };
         validate::check_required(&policy, &present)?;
+        // Values written with a named source keep it; values rectified without one, or
+        // cleared, are no longer that source's.
+        let mut field_sources: BTreeMap<String, Source> = serde_json::from_value(current.field_sources.clone())
+            .map_err(|_| ServiceError::internal("stored field sources are unreadable"))?;
+        for key in &changed {
+            match (&patch.source_opt, present(key)) {
+                (Some(source), true) => field_sources.insert(key.clone(), source.clone()),
+                _ => field_sources.remove(key),
+            };
+        }
         let email_opt = next.email.clone().filter(|_| changed.iter().any(|k| k == "email"));
         let phone_opt = next.phone.clone().filter(|_| changed.iter().any(|k| k == "phone"));
         check_unique(&txn, tenant_id, Some(id), email_opt.as_deref(), phone_opt.as_deref()).await?;
@@ -267,15 +277,20 @@ impl ContactStore {
         model.last_name = Set(next.last_name);
         model.phone = Set(next.phone);
         model.fields = Set(fields_json(&fields));
+        model.field_sources = Set(serde_json::to_value(&field_sources).expect("sources serialise"));
         model.version = Set(next.version + 1);
         model.updated_at = Set(carnet_kit::db::now());
         let model = update_contact(&txn, &self.db.read, model).await?;
         record_change(&txn, tenant_id, id, "rectified", &changed, actor, patch.reason_opt, None, None).await?;
+        let channel = match &patch.source_opt {
+            Some(source) => source.channel,
+            None => parse_channel(&model.source_channel)?,
+        };
         let event = ContactUpserted {
             contact_id: id.to_string(),
             created: false,
             changed_fields: changed,
-            source_channel: channel_to_proto(parse_channel(&model.source_channel)?) as i32,
+            source_channel: channel_to_proto(channel) as i32,
         };
         outbox::enqueue(&txn, tenant_id, Payload::ContactUpserted(event)).await.map_err(db_err)?;
         txn.commit().await.map_err(db_err)?;
@@ -623,6 +638,7 @@ pub(crate) fn prepare_create(
         last_name: valid.last_name_opt,
         phone: valid.phone_opt,
         fields: fields_json(&valid.fields),
+        field_sources: serde_json::json!({}),
         source_channel: source.channel.as_str().to_string(),
         source_detail: source.detail.clone(),
         source_actor: source.actor.clone(),
@@ -962,6 +978,8 @@ pub(crate) fn to_domain(model: contact::Model) -> Result<Contact, ServiceError> 
             since_opt: model.restricted_at,
         },
         objection: Flag { active: model.objected, reason_opt: model.objection_reason, since_opt: model.objected_at },
+        field_sources: serde_json::from_value(model.field_sources)
+            .map_err(|_| ServiceError::internal("stored field sources are unreadable"))?,
         version: model.version,
         created_at: model.created_at,
         updated_at: model.updated_at,
