@@ -7,32 +7,36 @@
 //! [`Host::run`] gets a fresh `Store` with a memory limit, a deadline and an output cap, under a
 //! semaphore the size of the pool. A plugin sees only the fields its manifest reads and may
 //! write only those it declares; it has no filesystem, no sockets, no clock: only logging and a
-//! host-mediated fetch limited to its declared hosts. A trap, timeout, memory overrun, oversized
-//! output or undeclared write fails that run alone.
+//! host-mediated fetch limited to its declared hosts ([`FetchLimits`]). A trap, timeout, memory
+//! overrun, oversized output or undeclared write fails that run alone.
 
+mod fetch;
 pub mod manifest;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder,
 };
 
+pub use fetch::FetchLimits;
 pub use manifest::{Manifest, ManifestError};
 
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "enricher",
+    // A fetch that reaches the run's deadline ends the run (a trap), like a loop would.
+    imports: { "carnet:enricher/http.fetch": trappable },
 });
 
 /// How often the epoch advances: the granularity of deadlines.
 const TICK: Duration = Duration::from_millis(5);
 
-/// The limits every run gets.
+/// The limits every run gets (the fetch has its own, [`FetchLimits`]).
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Linear memory of one instance.
@@ -102,6 +106,8 @@ pub struct RunReport {
     pub read: Vec<String>,
     /// Log lines the plugin wrote (their text is not kept).
     pub log_lines: u32,
+    /// HTTP fetches the plugin sent (refused ones are not counted; URLs are not kept).
+    pub fetches: u32,
 }
 
 /// The state of one run's store.
@@ -109,6 +115,10 @@ struct RunState {
     limits: StoreLimits,
     hosts: Vec<String>,
     log_lines: u32,
+    outbound: Arc<fetch::Outbound>,
+    /// When the run's timeout ends: no fetch may wait past it.
+    deadline: Instant,
+    fetches: u32,
 }
 
 impl carnet::enricher::types::Host for RunState {}
@@ -120,18 +130,28 @@ impl carnet::enricher::log::Host for RunState {
 }
 
 impl carnet::enricher::http::Host for RunState {
-    fn fetch(&mut self, url: String) -> Result<carnet::enricher::http::Response, String> {
-        let host = url
-            .strip_prefix("https://")
-            .and_then(|rest| rest.split(['/', '?', '#']).next())
-            .map(|h| h.to_ascii_lowercase())
-            .ok_or_else(|| "only https:// URLs can be fetched".to_string())?;
-        if !self.hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)) {
-            return Err(format!("host {host} is not declared in the plugin's manifest"));
+    /// Returns the plugin's answer in the inner result; an `Err` of the outer one traps: the
+    /// run reached its deadline during the fetch.
+    fn fetch(&mut self, url: String) -> wasmtime::Result<Result<carnet::enricher::http::Response, String>> {
+        let limits = self.outbound.limits().clone();
+        if self.fetches >= limits.max_fetches {
+            return Ok(Err(format!("the plugin has used its {} fetches for this run", limits.max_fetches)));
         }
-        // Outbound calls are mediated by the enrichment service (issue 7, next step): until it
-        // provides a client, a declared host answers as unavailable.
-        Err("outbound fetch is not available on this host".to_string())
+        let uri = match fetch::check_url(&url, &self.hosts, limits.allow_plain_http) {
+            Ok(uri) => uri,
+            Err(message) => return Ok(Err(message)),
+        };
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(wasmtime::Trap::Interrupt.into());
+        }
+        self.fetches += 1;
+        match self.outbound.get(uri, limits.timeout.min(left)) {
+            fetch::Outcome::Answered(status, body) => Ok(Ok(carnet::enricher::http::Response { status, body })),
+            fetch::Outcome::Failed(message) => Ok(Err(message)),
+            fetch::Outcome::TimedOut if left <= limits.timeout => Err(wasmtime::Trap::Interrupt.into()),
+            fetch::Outcome::TimedOut => Ok(Err(format!("the fetch timed out after {} ms", limits.timeout.as_millis()))),
+        }
     }
 }
 
@@ -148,6 +168,7 @@ pub struct Host {
     limits: Limits,
     slots: Arc<tokio_like::Semaphore>,
     stop: Arc<AtomicBool>,
+    outbound: Arc<fetch::Outbound>,
 }
 
 impl Drop for Host {
@@ -157,8 +178,16 @@ impl Drop for Host {
 }
 
 impl Host {
-    /// Builds the engine (pooling allocator sized by `limits`, epoch interruption) and the linker.
+    /// Builds the engine (pooling allocator sized by `limits`, epoch interruption) and the linker,
+    /// with the default [`FetchLimits`].
     pub fn new(limits: Limits) -> Result<Host, String> {
+        Host::with_fetch_limits(limits, FetchLimits::default())
+    }
+
+    /// Builds the host as [`Host::new`] does, and the client of the plugins' HTTP fetch (its own
+    /// thread and connection pool) with `fetch_limits`.
+    pub fn with_fetch_limits(limits: Limits, fetch_limits: FetchLimits) -> Result<Host, String> {
+        let outbound = Arc::new(fetch::Outbound::new(fetch_limits)?);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(limits.pool_size)
             .total_core_instances(limits.pool_size * 2)
@@ -192,7 +221,7 @@ impl Host {
             })
             .map_err(|e| format!("failed to start the epoch ticker: {e}"))?;
         let slots = Arc::new(tokio_like::Semaphore::new(limits.pool_size as usize));
-        Ok(Host { engine, linker, limits, slots, stop })
+        Ok(Host { engine, linker, limits, slots, stop, outbound })
     }
 
     /// Compiles a component once, checks it against the world and keeps it ready to
@@ -225,7 +254,14 @@ impl Host {
             .instances(4)
             .trap_on_grow_failure(true)
             .build();
-        let state = RunState { limits, hosts: plugin.manifest.hosts.clone(), log_lines: 0 };
+        let state = RunState {
+            limits,
+            hosts: plugin.manifest.hosts.clone(),
+            log_lines: 0,
+            outbound: self.outbound.clone(),
+            deadline: Instant::now() + self.limits.timeout,
+            fetches: 0,
+        };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         let ticks = (self.limits.timeout.as_millis() / TICK.as_millis()).max(1) as u64;
@@ -235,7 +271,7 @@ impl Host {
             .instantiate(&mut store)
             .and_then(|bindings| bindings.call_enrich(&mut store, &input))
             .map_err(classify)?;
-        let report = RunReport { read, log_lines: store.data().log_lines };
+        let report = RunReport { read, log_lines: store.data().log_lines, fetches: store.data().fetches };
         let output = match outcome {
             Ok(output) => output,
             Err(EnrichError::Unsupported(m)) => return Err(RunError::Unsupported(truncate(m))),

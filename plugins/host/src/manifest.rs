@@ -27,7 +27,9 @@ pub struct Manifest {
     /// a lawful basis for the tenant's profiling purpose.
     #[serde(default)]
     pub profiling: bool,
-    /// Hosts the HTTP fetch may reach (exact names, no wildcards).
+    /// Hosts the HTTP fetch may reach: `host` or `host:port` (`api.example.org`,
+    /// `127.0.0.1:8443`), compared exactly (ignoring case), no wildcards. Without a port, the
+    /// URL scheme's default port.
     #[serde(default)]
     pub hosts: Vec<String>,
 }
@@ -46,6 +48,41 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> ManifestError {
 
 fn is_key(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Splits a declared host into its name (or `[IPv6]` address) and optional port; `None` when it
+/// is not one (a wildcard, userinfo, a path, an empty or zero port, …).
+pub(crate) fn parse_host(declared: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port_opt) = match declared.strip_prefix('[') {
+        Some(rest) => {
+            let end = rest.find(']')?;
+            let address = &rest[..end];
+            if address.is_empty() || !address.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
+                return None;
+            }
+            let after = &rest[end + 1..];
+            (&declared[..end + 2], if after.is_empty() { None } else { Some(after.strip_prefix(':')?) })
+        }
+        None => match declared.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (declared, None),
+        },
+    };
+    if !host.starts_with('[')
+        && (host.is_empty()
+            || host.len() > 253
+            || host.starts_with(['.', '-'])
+            || host.ends_with('.')
+            || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+    {
+        return None;
+    }
+    let port_opt = match port_opt {
+        Some(p) if p.is_empty() || !p.chars().all(|c| c.is_ascii_digit()) => return None,
+        Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p != 0)?),
+        None => None,
+    };
+    Some((host, port_opt))
 }
 
 impl Manifest {
@@ -79,8 +116,8 @@ impl Manifest {
             }
         }
         for (i, h) in self.hosts.iter().enumerate() {
-            if h.is_empty() || h.contains(['/', ':', '*', ' ']) {
-                return Err(err(format!("hosts[{i}]"), "must be a plain host name"));
+            if parse_host(h).is_none() {
+                return Err(err(format!("hosts[{i}]"), "must be a host name or address, with an optional `:port`"));
             }
         }
         Ok(())
@@ -113,6 +150,19 @@ categories = ["professional"]
     }
 
     #[test]
+    fn test_hosts_may_carry_a_port() {
+        assert_eq!(parse_host("api.example.org"), Some(("api.example.org", None)));
+        assert_eq!(parse_host("127.0.0.1:8443"), Some(("127.0.0.1", Some(8443))));
+        assert_eq!(parse_host("[::1]:8443"), Some(("[::1]", Some(8443))));
+        assert_eq!(parse_host("[::1]"), Some(("[::1]", None)));
+        for bad in ["", "[]", "[::1", "[::1]x", "[x]:1", "a b", "a:b", "a:1:2", ".a", "a."] {
+            assert_eq!(parse_host(bad), None, "{bad}");
+        }
+        let m = Manifest::parse(&format!("{GOOD}hosts = [\"API.example.org\", \"127.0.0.1:8443\"]\n")).unwrap();
+        assert_eq!(m.hosts.len(), 2);
+    }
+
+    #[test]
     fn test_bad_manifests_are_refused_naming_the_field() {
         for (text, field) in [
             (GOOD.replace("1.0.0\"\napi", "one\"\napi"), "version"),
@@ -120,6 +170,12 @@ categories = ["professional"]
             (GOOD.replace("reads = [\"email\"]", "reads = [\"E-Mail\"]"), "reads[0]"),
             (GOOD.replace("reads = [\"email\"]", "reads = []"), "reads"),
             (format!("{GOOD}hosts = [\"*.example.org\"]\n"), "hosts[0]"),
+            (format!("{GOOD}hosts = [\"api.example.org\", \"ada@api.example.org\"]\n"), "hosts[1]"),
+            (format!("{GOOD}hosts = [\"api.example.org/v1\"]\n"), "hosts[0]"),
+            (format!("{GOOD}hosts = [\"api.example.org:0\"]\n"), "hosts[0]"),
+            (format!("{GOOD}hosts = [\"api.example.org:65536\"]\n"), "hosts[0]"),
+            (format!("{GOOD}hosts = [\"api.example.org:\"]\n"), "hosts[0]"),
+            (format!("{GOOD}hosts = [\"https://api.example.org\"]\n"), "hosts[0]"),
             (format!("{GOOD}surprise = 1\n"), "manifest"),
         ] {
             assert_eq!(Manifest::parse(&text).unwrap_err().field, field, "{text}");

@@ -1,107 +1,17 @@
 //! The host against components built here from WAT (core modules lifted into
 //! `carnet:enricher` components in-process): only declared fields reach a plugin, undeclared
-//! writes are refused, and hostile plugins — an infinite loop, a memory bomb, deep recursion, an
-//! oversized output, a trap — each fail alone within the limits while others keep working.
+//! writes are refused, and hostile plugins — an infinite loop, a memory bomb, deep recursion, a
+//! 100 MB output, a trap — each fail alone within the limits while others keep working.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use carnet_plugin_host::{Host, Limits, Manifest, RunError};
 
-/// The canonical-ABI plumbing every test module shares: memory, a bump `cabi_realloc`, and the
-/// return area at 16 (`result<list<field>, enrich-error>`: tag at 16, payload at 20..32).
-const PRELUDE: &str = r#"
-  (memory (export "memory") 1)
-  (global $heap (mut i32) (i32.const 4096))
-  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
-    (local $p i32)
-    global.get $heap
-    local.get 2 i32.const 1 i32.sub i32.add
-    local.get 2 i32.const 1 i32.sub i32.const -1 i32.xor i32.and
-    local.set $p
-    local.get $p local.get 3 i32.add global.set $heap
-    (block $ok
-      global.get $heap memory.size i32.const 65536 i32.mul i32.le_u br_if $ok
-      global.get $heap memory.size i32.const 65536 i32.mul i32.sub
-      i32.const 65535 i32.add i32.const 65536 i32.div_u memory.grow drop)
-    local.get $p)
-"#;
+#[path = "support/wat.rs"]
+mod wat_components;
 
-fn component(body: &str) -> Vec<u8> {
-    let wat = format!("(module {PRELUDE} {body})");
-    let mut module = wat::parse_str(&wat).expect("valid wat");
-    let mut resolve = wit_parser::Resolve::default();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
-    let (pkg, _) = resolve.push_dir(&dir).expect("the WIT package parses");
-    let world = resolve.select_world(&[pkg], Some("enricher")).expect("world");
-    wit_component::embed_component_metadata(&mut module, &resolve, world, wit_component::StringEncoding::UTF8, false)
-        .expect("metadata");
-    wit_component::ComponentEncoder::default()
-        .module(&module)
-        .expect("module")
-        .validate(true)
-        .encode()
-        .expect("component")
-}
-
-/// Returns `ok(input)`: what it saw.
-const ECHO: &str = r#"
-  (func (export "enrich") (param i32 i32) (result i32)
-    i32.const 16 i32.const 0 i32.store8
-    i32.const 20 local.get 0 i32.store
-    i32.const 24 local.get 1 i32.store
-    i32.const 16)
-"#;
-
-/// Returns `ok([{key: "salary", value: "1"}])`.
-const WRITES_SALARY: &str = r#"
-  (data (i32.const 100) "salary1")
-  (func (export "enrich") (param i32 i32) (result i32)
-    i32.const 200 i32.const 100 i32.store
-    i32.const 204 i32.const 6 i32.store
-    i32.const 208 i32.const 106 i32.store
-    i32.const 212 i32.const 1 i32.store
-    i32.const 16 i32.const 0 i32.store8
-    i32.const 20 i32.const 200 i32.store
-    i32.const 24 i32.const 1 i32.store
-    i32.const 16)
-"#;
-
-/// Returns `ok([{key: "company", value: <2,000,000 NUL bytes>}])`.
-const HUGE_OUTPUT: &str = r#"
-  (data (i32.const 100) "company")
-  (func (export "enrich") (param i32 i32) (result i32)
-    (drop (memory.grow (i32.const 40)))
-    i32.const 200 i32.const 100 i32.store
-    i32.const 204 i32.const 7 i32.store
-    i32.const 208 i32.const 131072 i32.store
-    i32.const 212 i32.const 2000000 i32.store
-    i32.const 16 i32.const 0 i32.store8
-    i32.const 20 i32.const 200 i32.store
-    i32.const 24 i32.const 1 i32.store
-    i32.const 16)
-"#;
-
-const INFINITE_LOOP: &str = r#"
-  (func (export "enrich") (param i32 i32) (result i32)
-    (loop $l br $l)
-    unreachable)
-"#;
-
-const MEMORY_BOMB: &str = r#"
-  (func (export "enrich") (param i32 i32) (result i32)
-    (loop $l (drop (memory.grow (i32.const 16))) br $l)
-    unreachable)
-"#;
-
-const DEEP_RECURSION: &str = r#"
-  (func $down (param i32) (result i32) local.get 0 i32.const 1 i32.add call $down)
-  (func (export "enrich") (param i32 i32) (result i32) i32.const 0 call $down)
-"#;
-
-const TRAP: &str = r#"
-  (func (export "enrich") (param i32 i32) (result i32) unreachable)
-"#;
+use wat_components::*;
 
 fn manifest(name: &str, reads: &[&str], writes: &[&str]) -> Manifest {
     Manifest {
@@ -160,7 +70,7 @@ fn test_hostile_plugins_fail_alone_within_the_limits() {
         ("loop", INFINITE_LOOP, |e| *e == RunError::Timeout),
         ("bomb", MEMORY_BOMB, |e| *e == RunError::MemoryLimit),
         ("recursion", DEEP_RECURSION, |e| *e == RunError::StackOverflow),
-        ("huge", HUGE_OUTPUT, |e| matches!(e, RunError::OutputTooLarge(n) if *n > 1_000_000)),
+        ("huge", HUGE_OUTPUT, |e| matches!(e, RunError::OutputTooLarge(n) if *n >= 100_000_000)),
         ("trap", TRAP, |e| matches!(e, RunError::Trap(_))),
     ];
     for (name, body, expected) in cases {
