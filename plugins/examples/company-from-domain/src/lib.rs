@@ -1,7 +1,7 @@
 //! Derives a company name from the domain of a contact's e-mail address: `ada@analytical-engines.org`
 //! gives `Analytical Engines`. Personal addresses (webmail domains) give nothing.
 
-wit_bindgen::generate!({ path: "../../wit", world: "enricher" });
+use carnet_plugin_sdk::{Enricher, Error, Input, Output};
 
 /// Domains of personal mailboxes: no company to derive.
 const WEBMAIL: [&str; 6] = ["gmail", "outlook", "hotmail", "yahoo", "icloud", "proton"];
@@ -21,19 +21,16 @@ fn company_of(label: &str) -> String {
         .join(" ")
 }
 
-impl Guest for Company {
-    fn enrich(input: Vec<Field>) -> Result<Vec<Field>, EnrichError> {
-        let email = input
-            .iter()
-            .find(|f| f.key == "email")
-            .ok_or_else(|| EnrichError::Unsupported("no e-mail address".into()))?;
-        let domain = email.value.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+impl Enricher for Company {
+    fn enrich(input: &Input) -> Result<Output, Error> {
+        let email = input.require("email")?;
+        let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
         let label = domain.split('.').next().unwrap_or_default().to_ascii_lowercase();
         if label.is_empty() || WEBMAIL.contains(&label.as_str()) {
-            return Err(EnrichError::Unsupported("no company domain".into()));
+            return Err(Error::unsupported("no company domain"));
         }
-        Ok(vec![Field { key: "company".into(), value: company_of(&label) }])
+        Ok(Output::new().set("company", company_of(&label)))
     }
 }
 
-export!(Company);
+carnet_plugin_sdk::export_enricher!(Company);
