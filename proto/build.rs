@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "carnet/consent/v1/consent.proto",
     "carnet/comms/v1/comms.proto",
     "carnet/dsar/v1/dsar.proto",
+    "carnet/enrichment/v1/enrichment.proto",
     "carnet/events/v1/events.proto",
     "carnet/bench/v1/echo.proto",
 ];

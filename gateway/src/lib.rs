@@ -35,6 +35,7 @@ use carnet_proto::comms::v1::comms_service_client::CommsServiceClient;
 use carnet_proto::consent::v1::consent_service_client::ConsentServiceClient;
 use carnet_proto::contacts::v1::contacts_service_client::ContactsServiceClient;
 use carnet_proto::dsar::v1::dsar_service_client::DsarServiceClient;
+use carnet_proto::enrichment::v1::enrichment_service_client::EnrichmentServiceClient;
 
 use crate::auth::{Auth, RateLimiter, RequestId};
 use crate::error::ApiError;
@@ -69,6 +70,10 @@ pub struct GatewayConfig {
     pub comms_endpoint: String,
     /// The DSAR service; empty in monolith mode.
     pub dsar_endpoint: String,
+    /// The enrichment service; empty in monolith mode.
+    pub enrichment_endpoint: String,
+    /// Largest body of `POST /v1/plugins` (a base64 component).
+    pub max_plugin_bytes: usize,
     pub oidc: jwt::OidcConfig,
 }
 
@@ -85,6 +90,7 @@ impl Validate for GatewayConfig {
             ("consent_endpoint", &self.consent_endpoint),
             ("comms_endpoint", &self.comms_endpoint),
             ("dsar_endpoint", &self.dsar_endpoint),
+            ("enrichment_endpoint", &self.enrichment_endpoint),
         ] {
             if !endpoint.is_empty() && !endpoint.starts_with("http") {
                 return Err(ConfigError(format!("gateway.{key} must be an http:// or https:// URL")));
@@ -106,6 +112,7 @@ pub struct AppState {
     consent: Channel,
     comms_opt: Option<Channel>,
     dsar_opt: Option<Channel>,
+    enrichment_opt: Option<Channel>,
 }
 
 /// Channels to the services the gateway fronts.
@@ -117,6 +124,8 @@ pub struct Upstreams {
     pub comms_opt: Option<Channel>,
     /// `None` when this gateway fronts no DSAR service.
     pub dsar_opt: Option<Channel>,
+    /// `None` when this gateway fronts no enrichment service.
+    pub enrichment_opt: Option<Channel>,
 }
 
 impl AppState {
@@ -128,8 +137,19 @@ impl AppState {
         upstreams: Upstreams,
     ) -> Self {
         let limiter = Arc::new(RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst));
-        let Upstreams { contacts, consent, comms_opt, dsar_opt } = upstreams;
-        AppState { config: Arc::new(config), keys, jwt_opt, limiter, mesh_key, contacts, consent, comms_opt, dsar_opt }
+        let Upstreams { contacts, consent, comms_opt, dsar_opt, enrichment_opt } = upstreams;
+        AppState {
+            config: Arc::new(config),
+            keys,
+            jwt_opt,
+            limiter,
+            mesh_key,
+            contacts,
+            consent,
+            comms_opt,
+            dsar_opt,
+            enrichment_opt,
+        }
     }
 
     /// The key signing callers into the mesh (and, derived, the gateway's own tokens).
@@ -180,6 +200,18 @@ impl AppState {
             .max_decoding_message_size(256 * 1024 * 1024))
     }
 
+    /// An enrichment client signing `auth`'s caller into every call.
+    pub fn enrichment(
+        &self,
+        auth: &Auth,
+    ) -> Result<EnrichmentServiceClient<InterceptedService<Channel, CallerSigner>>, ApiError> {
+        let channel = self.enrichment_opt.clone().ok_or_else(|| {
+            ApiError::new(ErrorCode::Unavailable, "no enrichment service is configured (gateway.enrichment_endpoint)")
+        })?;
+        Ok(EnrichmentServiceClient::with_interceptor(channel, self.signer(auth.0.clone()))
+            .max_encoding_message_size(usize::MAX))
+    }
+
     /// A contacts client acting as `caller` (public pages act for the tenant a link or form names).
     pub fn contacts_as(
         &self,
@@ -199,7 +231,7 @@ impl AppState {
 
 /// Builds the HTTP router.
 pub fn router(state: AppState) -> Router {
-    use routes::{comms, consent, contacts, dsar, forms, keys, public};
+    use routes::{comms, consent, contacts, dsar, enrichment, forms, keys, public};
     // Bodies are read at most this far: a larger one is refused without being buffered whole.
     let body_limit = axum::extract::DefaultBodyLimit::max(state.config.max_body_bytes);
     Router::new()
@@ -247,6 +279,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/legal-holds", post(dsar::place_hold).get(dsar::list_holds))
         .route("/v1/legal-holds/{id}/lift", post(dsar::lift_hold))
         .route("/v1/erasure-ledger", get(dsar::ledger))
+        .route(
+            "/v1/plugins",
+            post(enrichment::install)
+                .get(enrichment::list)
+                // Components are larger than other bodies.
+                .layer(axum::extract::DefaultBodyLimit::max(state.config.max_plugin_bytes))
+                .layer(middleware::map_request_with_state(state.clone(), plugin_body_limit)),
+        )
+        .route("/v1/enrichment/settings", get(enrichment::get_settings).put(enrichment::put_settings))
+        .route("/v1/enrichment/runs", get(enrichment::runs))
+        .route("/v1/contacts/{id}/enrich", post(enrichment::enrich))
+        .route("/v1/contacts/{id}/enrichment-runs", get(enrichment::contact_runs))
         .route("/v1/forms", post(forms::create_form))
         .route("/f/{form_id}", get(forms::form_page).post(forms::submit_form))
         .route("/o/{token}", get(public::confirm))
@@ -258,6 +302,12 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), edge))
         .layer(body_limit)
         .with_state(state)
+}
+
+/// Raises the body limit `ApiJson` applies for plugin uploads.
+async fn plugin_body_limit(State(state): State<AppState>, mut request: Request) -> Request {
+    request.extensions_mut().insert(BodyLimit(state.config.max_plugin_bytes));
+    request
 }
 
 async fn not_found() -> ApiError {

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::Problem;
-use crate::routes::{comms, consent, contacts, dsar, forms, keys};
+use crate::routes::{comms, consent, contacts, dsar, enrichment, forms, keys};
 
 struct BearerAuth;
 
@@ -74,6 +74,13 @@ impl Modify for BearerAuth {
         dsar::list_holds,
         dsar::lift_hold,
         dsar::ledger,
+        enrichment::install,
+        enrichment::list,
+        enrichment::get_settings,
+        enrichment::put_settings,
+        enrichment::enrich,
+        enrichment::contact_runs,
+        enrichment::runs,
         forms::create_form,
         keys::create_key,
         keys::list_keys,
@@ -82,7 +89,7 @@ impl Modify for BearerAuth {
     components(schemas(Problem)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "contacts", description = "Contacts, field policy, restriction, objection, export"), (name = "consent", description = "Purposes, notice versions, the consent ledger, checks"), (name = "comms", description = "Consent-gated e-mail, sequences, suppression, calls, timeline"), (name = "dsar", description = "Data subject requests, legal holds, the erasure ledger"), (name = "keys", description = "API keys of the caller's tenant"))
+    tags((name = "contacts", description = "Contacts, field policy, restriction, objection, export"), (name = "consent", description = "Purposes, notice versions, the consent ledger, checks"), (name = "comms", description = "Consent-gated e-mail, sequences, suppression, calls, timeline"), (name = "dsar", description = "Data subject requests, legal holds, the erasure ledger"), (name = "enrichment", description = "Sandboxed enrichment and profiling plugins, the tenant switches, the run ledger"), (name = "keys", description = "API keys of the caller's tenant"))
 )]
 pub struct ApiDoc;
 

@@ -8,6 +8,7 @@ pub mod comms;
 pub mod consent;
 pub mod contacts;
 pub mod dsar;
+pub mod enrichment;
 pub mod gateway;
 pub mod outbox;
 

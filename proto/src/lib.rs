@@ -38,6 +38,12 @@ pub mod dsar {
     }
 }
 
+pub mod enrichment {
+    pub mod v1 {
+        tonic::include_proto!("carnet.enrichment.v1");
+    }
+}
+
 pub mod events {
     pub mod v1 {
         tonic::include_proto!("carnet.events.v1");

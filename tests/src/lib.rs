@@ -74,6 +74,7 @@ impl Sandbox {
                 overrides.push(("consent.database_url", postgres::fresh_database(server).await));
                 overrides.push(("comms.database_url", postgres::fresh_database(server).await));
                 overrides.push(("dsar.database_url", postgres::fresh_database(server).await));
+                overrides.push(("enrichment.database_url", postgres::fresh_database(server).await));
                 overrides.push(("mesh.signing_key", MeshKey::generate().to_hex()));
                 Mode::Split
             }

@@ -4,7 +4,12 @@
 //! confirmation per participant and writes the ledger; legal holds refuse erasure; deadlines
 //! extend once; a replayed erasure does no harm.
 
+#[path = "../../plugins/host/tests/support/wat.rs"]
+mod wat_components;
+
 use std::time::Duration;
+
+use base64::Engine as _;
 
 use carnet_cli::Target;
 use carnet_cli::node;
@@ -47,6 +52,8 @@ async fn person(http: &Http, key: &str, email: &str) -> String {
     let call = json!({"contact_id": id, "direction": "inbound", "started_at": "2026-11-29T09:00:00Z",
         "duration_seconds": 42, "outcome": "connected", "notes": "Asked to be forgotten."});
     assert_eq!(http.json("POST", "/v1/calls", Some(key), Some(call)).await.status, 201);
+    let runs = http.json("POST", &format!("/v1/contacts/{id}/enrich"), Some(key), None).await;
+    assert_eq!(runs.json["runs"][0]["outcome"], "unchanged", "{:?}", runs.json);
     id
 }
 
@@ -55,6 +62,13 @@ async fn setup(sb: &Sandbox) -> (Http, String, Uuid) {
     let (tenant_id, key) = sb.tenant("Dsar").await;
     let purpose = json!({"key": "news", "description": "News", "lawful_basis": "consent", "notice": "News by mail."});
     assert_eq!(http.json("POST", "/v1/purposes", Some(&key), Some(purpose)).await.status, 201);
+    // A plugin that reads the e-mail and hands it back: every person gets an enrichment run.
+    let echo = wat_components::component(wat_components::ECHO);
+    let manifest =
+        "name = \"echo\"\nversion = \"1.0.0\"\napi_version = \"0.1.0\"\nreads = [\"email\"]\nwrites = [\"email\"]\n";
+    let body = json!({"manifest": manifest, "component": base64::engine::general_purpose::STANDARD.encode(echo),
+        "enabled": true});
+    assert_eq!(http.json("POST", "/v1/plugins", Some(&key), Some(body)).await.status, 201);
     (http, key, tenant_id)
 }
 
@@ -65,10 +79,11 @@ async fn held_everywhere(sb: &Sandbox, id: Uuid) -> bool {
 
 /// Rows that mention `id` in every table of every service store, by SQL.
 async fn rows_of(sb: &Sandbox, id: Uuid) -> Vec<(String, i64)> {
-    let tables: [(Target, &[(&str, &str)]); 3] = [
+    let tables: [(Target, &[(&str, &str)]); 4] = [
         (Target::Contacts, &[("contacts", "id"), ("contact_changes", "contact_id")]),
         (Target::Consent, &[("consent_records", "contact_id"), ("consent_states", "contact_id")]),
         (Target::Comms, &[("deliveries", "contact_id"), ("calls", "contact_id"), ("enrollments", "contact_id")]),
+        (Target::Enrichment, &[("enrichment_runs", "contact_id")]),
     ];
     let mut out = Vec::new();
     for (target, list) in tables {
@@ -106,7 +121,7 @@ async fn test_access_request_returns_one_document_from_every_participant() {
     let done = wait_until(&http, &key, &format!("/v1/dsar/{rid}"), |r| r["status"] == "completed").await;
     let services: Vec<&str> =
         done["tasks"].as_array().unwrap().iter().map(|t| t["service"].as_str().unwrap()).collect();
-    assert_eq!(services, vec!["comms", "consent", "contacts"]);
+    assert_eq!(services, vec!["comms", "consent", "contacts", "enrichment"]);
 
     let export = http.raw("GET", &format!("/v1/dsar/{rid}/export"), Some(&key), None, vec![]).await;
     assert_eq!(export.status, 200);
@@ -118,8 +133,13 @@ async fn test_access_request_returns_one_document_from_every_participant() {
     assert_eq!(doc["services"]["comms"]["calls"][0]["notes"], "Asked to be forgotten.");
     assert_eq!(doc["services"]["comms"]["messages"].as_array().unwrap().len(), 1);
     assert_eq!(doc["article_15"]["purposes"][0]["purpose"], "news");
-    assert_eq!(doc["article_15"]["recipients"], json!(["comms", "consent", "contacts"]));
-    assert!(doc["summary"].as_str().unwrap().contains("3 services"));
+    assert_eq!(doc["services"]["enrichment"]["runs"][0]["plugin"], "echo");
+    assert_eq!(doc["services"]["enrichment"]["plugins"][0]["reads"], json!(["email"]));
+    assert_eq!(
+        doc["article_15"]["recipients"],
+        json!(["comms", "consent", "contacts", "enrichment", "plugin echo@1.0.0"])
+    );
+    assert!(doc["summary"].as_str().unwrap().contains("4 services"));
 
     // The stored artefact is encrypted: the raw DSAR database holds no plaintext of it.
     let raw = std::fs::read(sb.data_dir().join("dsar.db")).unwrap();
@@ -150,7 +170,7 @@ async fn test_erasure_removes_every_row_confirms_per_participant_and_writes_the_
     let rid = created.json["id"].as_str().unwrap().to_string();
     let done = wait_until(&http, &key, &format!("/v1/dsar/{rid}"), |r| r["status"] == "completed").await;
     let tasks = done["tasks"].as_array().unwrap();
-    assert_eq!(tasks.len(), 3, "{done}");
+    assert_eq!(tasks.len(), 4, "{done}");
     assert!(tasks.iter().all(|t| t["status"] == "confirmed" && t["confirmed_at"].is_string()), "{done}");
     let contacts_task = tasks.iter().find(|t| t["service"] == "contacts").unwrap();
     assert_eq!(contacts_task["records"]["contacts"], 1);
@@ -161,7 +181,8 @@ async fn test_erasure_removes_every_row_confirms_per_participant_and_writes_the_
 
     let ledger = http.json("GET", "/v1/erasure-ledger", Some(&key), None).await;
     let entry = ledger.json["entries"].as_array().unwrap().iter().find(|e| e["request_id"] == rid).unwrap().clone();
-    assert_eq!(entry["participants"], json!(["contacts", "consent", "comms"]));
+    assert_eq!(entry["participants"], json!(["contacts", "consent", "comms", "enrichment"]));
+    assert_eq!(entry["removed"]["enrichment.enrichment_runs"], 1, "{entry}");
     assert!(entry["completed_at"].is_string());
     assert_eq!(entry["removed"]["contacts.contacts"], 1, "{entry}");
     let text = entry.to_string();
@@ -266,7 +287,7 @@ async fn test_rectification_and_restriction_requests_apply_and_name_their_recipi
         .await;
     assert_eq!(r.status, 201, "{:?}", r.json);
     assert_eq!(r.json["status"], "completed");
-    assert_eq!(r.json["recipients"], json!(["contacts", "consent", "comms"]));
+    assert_eq!(r.json["recipients"], json!(["contacts", "consent", "comms", "enrichment"]));
     let c = http.json("GET", &format!("/v1/contacts/{id}"), Some(&key), None).await;
     assert_eq!(c.json["last_name"], "Corrected");
 

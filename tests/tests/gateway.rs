@@ -2,6 +2,10 @@
 //! matrix, tenant isolation, bad input at the edge, credentials (API keys and OIDC JWTs), rate
 //! limiting and the OpenAPI document.
 
+#[path = "../../plugins/host/tests/support/wat.rs"]
+mod wat_components;
+
+use base64::Engine as _;
 use carnet_gateway::roles::Role;
 use carnet_kit::Permission;
 use carnet_tests::http::{Answer, Http};
@@ -64,6 +68,18 @@ const ENDPOINTS: &[Endpoint] = &[
     Endpoint { method: "GET", path: "/v1/dsar", permission: Permission::DsarManage, ok: 200 },
     Endpoint { method: "POST", path: "/v1/legal-holds", permission: Permission::DsarManage, ok: 201 },
     Endpoint { method: "GET", path: "/v1/erasure-ledger", permission: Permission::DsarManage, ok: 200 },
+    Endpoint { method: "POST", path: "/v1/plugins", permission: Permission::EnrichmentAdmin, ok: 201 },
+    Endpoint { method: "GET", path: "/v1/plugins", permission: Permission::ContactsRead, ok: 200 },
+    Endpoint { method: "GET", path: "/v1/enrichment/settings", permission: Permission::ContactsRead, ok: 200 },
+    Endpoint { method: "PUT", path: "/v1/enrichment/settings", permission: Permission::EnrichmentAdmin, ok: 200 },
+    Endpoint { method: "GET", path: "/v1/enrichment/runs", permission: Permission::EnrichmentAdmin, ok: 200 },
+    Endpoint { method: "POST", path: "/v1/contacts/{id}/enrich", permission: Permission::ContactsWrite, ok: 200 },
+    Endpoint {
+        method: "GET",
+        path: "/v1/contacts/{id}/enrichment-runs",
+        permission: Permission::ContactsRead,
+        ok: 200,
+    },
     Endpoint { method: "POST", path: "/v1/api-keys", permission: Permission::KeysManage, ok: 201 },
     Endpoint { method: "GET", path: "/v1/api-keys", permission: Permission::KeysManage, ok: 200 },
     Endpoint { method: "DELETE", path: "/v1/api-keys/{key}", permission: Permission::KeysManage, ok: 200 },
@@ -175,6 +191,10 @@ async fn test_every_role_against_every_endpoint() {
                 ("POST", "/v1/bounces") => Some(json!({"email": format!("bounced{n}@example.org")})),
                 ("POST", "/v1/calls") => Some(json!({"contact_id": id, "direction": "inbound",
                     "started_at": "2026-11-29T09:00:00Z", "duration_seconds": 10, "outcome": "connected"})),
+                ("POST", "/v1/plugins") => Some(json!({"enabled": true,
+                    "manifest": "name = \"echo\"\nversion = \"1.0.0\"\napi_version = \"0.1.0\"\nreads = [\"email\"]\nwrites = [\"email\"]\n",
+                    "component": base64::engine::general_purpose::STANDARD.encode(wat_components::component(wat_components::ECHO))})),
+                ("PUT", "/v1/enrichment/settings") => Some(json!({"auto_enrichment": false})),
                 ("POST", "/v1/forms") => {
                     Some(json!({"name": format!("Form {n}"), "fields": ["email"], "consents": ["newsletter"]}))
                 }

@@ -9,6 +9,7 @@ use carnet_comms::CommsConfig;
 use carnet_consent::ConsentConfig;
 use carnet_contacts::ContactsConfig;
 use carnet_dsar::DsarConfig;
+use carnet_enrichment::EnrichmentConfig;
 use carnet_gateway::GatewayConfig;
 use carnet_kit::config::{ConfigError, GrpcConfig, MeshConfig, NodeConfig, Validate};
 use carnet_kit::telemetry::TelemetryConfig;
@@ -37,6 +38,7 @@ pub struct CarnetConfig {
     pub consent: ConsentConfig,
     pub comms: CommsConfig,
     pub dsar: DsarConfig,
+    pub enrichment: EnrichmentConfig,
     pub gateway: GatewayConfig,
     pub bus: BusConfig,
 }
@@ -49,6 +51,7 @@ impl Validate for CarnetConfig {
         self.consent.validate()?;
         self.comms.validate()?;
         self.dsar.validate()?;
+        self.enrichment.validate()?;
         if !self.bus.nats_url.is_empty() && !self.bus.nats_url.starts_with("nats://") {
             return Err(ConfigError("bus.nats_url must be a nats:// URL".into()));
         }

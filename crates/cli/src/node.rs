@@ -18,6 +18,7 @@ use carnet_proto::comms::v1::comms_service_server::CommsServiceServer;
 use carnet_proto::consent::v1::consent_service_server::ConsentServiceServer;
 use carnet_proto::contacts::v1::contacts_service_server::ContactsServiceServer;
 use carnet_proto::dsar::v1::dsar_service_server::DsarServiceServer;
+use carnet_proto::enrichment::v1::enrichment_service_server::EnrichmentServiceServer;
 
 use crate::config::CarnetConfig;
 use crate::target::Target;
@@ -142,6 +143,7 @@ pub fn database_url(cfg: &CarnetConfig, target: Target) -> anyhow::Result<(Strin
         Target::Consent => (&cfg.consent.database_url, cfg.consent.max_connections),
         Target::Comms => (&cfg.comms.database_url, cfg.comms.max_connections),
         Target::Dsar => (&cfg.dsar.database_url, cfg.dsar.max_connections),
+        Target::Enrichment => (&cfg.enrichment.database_url, cfg.enrichment.max_connections),
         Target::Gateway => (&cfg.gateway.database_url, cfg.gateway.max_connections),
     };
     if !url.is_empty() {
@@ -160,6 +162,7 @@ pub async fn open_database(cfg: &CarnetConfig, target: Target, apply: bool) -> a
         Target::Consent => migrate::<carnet_migrations::consent::Migrator>(&db, target, apply).await?,
         Target::Comms => migrate::<carnet_migrations::comms::Migrator>(&db, target, apply).await?,
         Target::Dsar => migrate::<carnet_migrations::dsar::Migrator>(&db, target, apply).await?,
+        Target::Enrichment => migrate::<carnet_migrations::enrichment::Migrator>(&db, target, apply).await?,
         Target::Gateway => migrate::<carnet_migrations::gateway::Migrator>(&db, target, apply).await?,
     }
     Ok(db)
@@ -207,6 +210,12 @@ async fn start_gateway(
             targets.contains(&Target::Dsar),
             grpc_addr,
             "gateway.dsar_endpoint",
+        )?,
+        enrichment_opt: optional_peer(
+            &cfg.gateway.enrichment_endpoint,
+            targets.contains(&Target::Enrichment),
+            grpc_addr,
+            "gateway.enrichment_endpoint",
         )?,
         // Optional: a gateway without comms answers its routes with `unavailable`.
         comms_opt: if cfg.gateway.comms_endpoint.is_empty() && !targets.contains(&Target::Comms) {
@@ -421,6 +430,37 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
                     .set_service_status("carnet.comms.v1.CommsService", tonic_health::ServingStatus::Serving)
                     .await;
                 dispatcher_opt = Some(dispatcher);
+            }
+            Target::Enrichment => {
+                let peer = |endpoint: &str, target: Target, key: &str| {
+                    peer_channel(endpoint, sorted.contains(&target), grpc_addr, key)
+                };
+                let contacts =
+                    peer(&cfg.enrichment.contacts_endpoint, Target::Contacts, "enrichment.contacts_endpoint")?;
+                let consent = peer(&cfg.enrichment.consent_endpoint, Target::Consent, "enrichment.consent_endpoint")?;
+                let host =
+                    carnet_plugin_host::Host::with_fetch_limits(cfg.enrichment.limits(), cfg.enrichment.fetch_limits())
+                        .map_err(|e| anyhow::anyhow!(e))?;
+                let engine = carnet_enrichment::Engine::new(
+                    carnet_enrichment::EnrichmentStore::new(db.clone()),
+                    host,
+                    contacts,
+                    consent,
+                    mesh_key.clone(),
+                    cfg.enrichment.profiling_purpose.clone(),
+                    cfg.enrichment.max_component_bytes as usize,
+                );
+                consumers.push(carnet_enrichment::consumer(engine.clone()));
+                relays.push((db.clone(), "enrichment"));
+                let grpc = carnet_enrichment::EnrichmentGrpc::new(engine);
+                // Components travel in InstallPlugin: room for the largest one accepted.
+                let max_bytes = cfg.grpc.max_message_bytes.max(cfg.enrichment.max_component_bytes as usize + (1 << 20));
+                let svc = EnrichmentServiceServer::new(grpc).max_decoding_message_size(max_bytes);
+                router =
+                    router.add_service(tonic::service::interceptor::InterceptedService::new(svc, interceptor.clone()));
+                health_reporter
+                    .set_service_status("carnet.enrichment.v1.EnrichmentService", tonic_health::ServingStatus::Serving)
+                    .await;
             }
             Target::Dsar => {
                 let mut channels = std::collections::BTreeMap::new();

@@ -9,18 +9,21 @@ pub enum Target {
     Contacts,
     Consent,
     Comms,
+    Enrichment,
     Dsar,
     Gateway,
 }
 
 impl Target {
-    pub const ALL: [Target; 5] = [Target::Contacts, Target::Consent, Target::Comms, Target::Dsar, Target::Gateway];
+    pub const ALL: [Target; 6] =
+        [Target::Contacts, Target::Consent, Target::Comms, Target::Enrichment, Target::Dsar, Target::Gateway];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Target::Contacts => "contacts",
             Target::Consent => "consent",
             Target::Comms => "comms",
+            Target::Enrichment => "enrichment",
             Target::Dsar => "dsar",
             Target::Gateway => "gateway",
         }

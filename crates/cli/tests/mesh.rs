@@ -4,6 +4,9 @@
 //! confirms, `nats-server` restarted mid-request, an event delivered twice, a legal hold, and a
 //! ledger replay onto a restored copy of the contacts database.
 
+#[path = "../../../plugins/host/tests/support/wat.rs"]
+mod wat_components;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
@@ -17,7 +20,7 @@ use proc::{Reaper, free_port};
 
 const CARNET: &str = env!("CARGO_BIN_EXE_carnet");
 const MESH_KEY: &str = "a-mesh-signing-key-for-the-split-mesh-test";
-const TARGETS: [&str; 5] = ["contacts", "consent", "comms", "dsar", "gateway"];
+const TARGETS: [&str; 6] = ["contacts", "consent", "comms", "enrichment", "dsar", "gateway"];
 const WAIT: Duration = Duration::from_secs(60);
 
 /// One mesh at a time: five processes and a NATS server each are plenty for two cores.
@@ -161,16 +164,20 @@ impl Mesh {
                     .env("CARNET__COMMS__PUBLIC_URL", format!("http://127.0.0.1:{}", self.http_port))
                     .env("CARNET__NODE__DATA_DIR", self.data_dir.path());
             }
+            "enrichment" => {
+                cmd.env("CARNET__ENRICHMENT__CONTACTS_ENDPOINT", self.endpoint("contacts"))
+                    .env("CARNET__ENRICHMENT__CONSENT_ENDPOINT", self.endpoint("consent"));
+            }
             "dsar" => {
                 cmd.env("CARNET__DSAR__RETRY_BASE_MS", "500").env("CARNET__DSAR__RETRY_MAX_MS", "2000");
-                for p in ["contacts", "consent", "comms"] {
+                for p in ["contacts", "consent", "comms", "enrichment"] {
                     cmd.env(format!("CARNET__DSAR__ENDPOINTS__{}", p.to_uppercase()), self.endpoint(p));
                 }
             }
             "gateway" => {
                 cmd.env("CARNET__GATEWAY__LISTEN_ADDR", format!("127.0.0.1:{}", self.http_port))
                     .env("CARNET__GATEWAY__RATE_LIMIT_PER_SECOND", "0");
-                for p in ["contacts", "consent", "comms", "dsar"] {
+                for p in ["contacts", "consent", "comms", "dsar", "enrichment"] {
                     cmd.env(format!("CARNET__GATEWAY__{}_ENDPOINT", p.to_uppercase()), self.endpoint(p));
                 }
             }
@@ -254,15 +261,18 @@ impl Mesh {
         let call = json!({"contact_id": id, "direction": "inbound", "started_at": "2026-11-29T09:00:00Z",
             "duration_seconds": 5, "outcome": "connected", "notes": "mesh"});
         assert_eq!(self.http("POST", "/v1/calls", Some(call)).0, 201);
+        let (status, runs) = self.http("POST", &format!("/v1/contacts/{id}/enrich"), None);
+        assert_eq!((status, &runs["runs"][0]["outcome"]), (200, &json!("unchanged")), "{runs}");
         id
     }
 
     /// Rows of `id` per store table, by SQL against each service's own database.
     fn rows_of(&self, id: &str) -> Vec<(String, i64)> {
-        let tables: [(&str, &[(&str, &str)]); 3] = [
+        let tables: [(&str, &[(&str, &str)]); 4] = [
             ("contacts", &[("contacts", "id"), ("contact_changes", "contact_id")]),
             ("consent", &[("consent_records", "contact_id"), ("consent_states", "contact_id")]),
             ("comms", &[("deliveries", "contact_id"), ("calls", "contact_id")]),
+            ("enrichment", &[("enrichment_runs", "contact_id")]),
         ];
         let mut out = Vec::new();
         for (target, list) in tables {
@@ -324,6 +334,16 @@ fn setup() -> Option<Mesh> {
     let mesh = Mesh::start()?;
     let purpose = json!({"key": "news", "lawful_basis": "consent", "notice": "News."});
     assert_eq!(mesh.http("POST", "/v1/purposes", Some(purpose)).0, 201);
+    // A plugin that hands the e-mail back: enrichment calls contacts across the mesh and every
+    // person gets a run to erase.
+    use base64::Engine as _;
+    let echo = wat_components::component(wat_components::ECHO);
+    let manifest =
+        "name = \"echo\"\nversion = \"1.0.0\"\napi_version = \"0.1.0\"\nreads = [\"email\"]\nwrites = [\"email\"]\n";
+    let body = json!({"manifest": manifest, "component": base64::engine::general_purpose::STANDARD.encode(echo),
+        "enabled": true});
+    let (status, plugin) = mesh.http("POST", "/v1/plugins", Some(body));
+    assert_eq!(status, 201, "{plugin}");
     Some(mesh)
 }
 
@@ -345,7 +365,7 @@ fn test_split_mesh_access_and_erasure_across_processes() {
 
     let rid = mesh.erase(&id);
     let done = mesh.wait_until(&format!("/v1/dsar/{rid}"), |r| r["status"] == "completed");
-    assert_eq!(done["tasks"].as_array().unwrap().len(), 3, "{done}");
+    assert_eq!(done["tasks"].as_array().unwrap().len(), 4, "{done}");
     let left: Vec<_> = mesh.rows_of(&id).into_iter().filter(|(_, n)| *n > 0).collect();
     assert!(left.is_empty(), "{left:?}");
     assert!(mesh.rows_of(&other).iter().all(|(_, n)| *n > 0));
@@ -367,9 +387,9 @@ fn test_split_mesh_participant_killed_before_confirming_completes_after_restart(
     let id = mesh.person("killed@example.org");
     mesh.kill("comms");
     let rid = mesh.erase(&id);
-    // Contacts and consent confirm; comms cannot, and the request waits for it.
+    // Contacts, consent and enrichment confirm; comms cannot, and the request waits for it.
     let waiting = mesh.wait_until(&format!("/v1/dsar/{rid}"), |r| {
-        r["tasks"].as_array().unwrap().iter().filter(|t| t["status"] == "confirmed").count() == 2
+        r["tasks"].as_array().unwrap().iter().filter(|t| t["status"] == "confirmed").count() == 3
     });
     assert_eq!(waiting["status"], "in_progress");
     std::thread::sleep(Duration::from_millis(1500));
@@ -417,7 +437,7 @@ fn test_split_mesh_the_same_event_twice_does_no_harm() {
                 carnet_proto::events::v1::ErasureRequested {
                     request_id: rid.clone(),
                     subject_id: id.clone(),
-                    participants: vec!["contacts".into(), "consent".into(), "comms".into()],
+                    participants: vec!["contacts".into(), "consent".into(), "comms".into(), "enrichment".into()],
                 },
             )),
         };

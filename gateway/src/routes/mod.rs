@@ -4,6 +4,7 @@ pub mod comms;
 pub mod consent;
 pub mod contacts;
 pub mod dsar;
+pub mod enrichment;
 pub mod forms;
 pub mod keys;
 pub mod public;

@@ -224,8 +224,36 @@ fn assemble(
         })
         .unwrap_or_default();
     let categories = contacts["data_categories"].clone();
-    let source = contacts["contact"]["source"].clone();
-    let recipients: Vec<&String> = parts.keys().collect();
+    // Where the data came from: the record's source, and the sources of single values added
+    // later (enrichment plugins).
+    let mut sources = vec![contacts["contact"]["source"].clone()];
+    if let Some(by_field) = contacts["contact"]["field_sources"].as_object() {
+        for (field, source) in by_field {
+            let mut entry = source.clone();
+            entry["field"] = serde_json::json!(field);
+            sources.push(entry);
+        }
+    }
+    // Plugins that processed the person are recipients too; the profiling ones are listed with
+    // their logic (what they read and write, for which purpose), Art. 15(1)(h).
+    let plugins = parts.get("enrichment").and_then(|e| e["plugins"].as_array().cloned()).unwrap_or_default();
+    let plugin_id = |p: &serde_json::Value| {
+        format!("plugin {}@{}", p["name"].as_str().unwrap_or_default(), p["version"].as_str().unwrap_or_default())
+    };
+    let mut recipients: Vec<String> = parts.keys().cloned().collect();
+    recipients.extend(plugins.iter().map(plugin_id));
+    let automated: Vec<serde_json::Value> = plugins
+        .iter()
+        .filter(|p| p["profiling"] == true)
+        .map(|p| {
+            serde_json::json!({
+                "kind": "profiling", "plugin": plugin_id(p), "purposes": p["purposes"],
+                "reads": p["reads"], "writes": p["writes"],
+                "logic": "a sandboxed scoring plugin computes the written fields from the read fields only; \
+                          no decision with legal or similarly significant effect is taken by it",
+            })
+        })
+        .collect();
     let total: u64 = counts.values().sum();
     let summary = format!(
         "This document holds everything {} services keep about you ({} records): {}. \
@@ -245,10 +273,10 @@ fn assemble(
         "article_15": {
             "purposes": purposes,
             "data_categories": categories,
-            "sources": [source],
+            "sources": sources,
             "recipients": recipients,
             "retention": "kept until the person asks for erasure or the tenant's retention policy removes it",
-            "automated_decisions": [],
+            "automated_decisions": automated,
         },
         "services": parts,
     })
@@ -257,6 +285,60 @@ fn assemble(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_plugins_are_recipients_and_profiling_plugins_automated_processing() {
+        let now = carnet_kit::db::now();
+        let req = request::Model {
+            tenant_id: uuid::Uuid::now_v7(),
+            id: uuid::Uuid::now_v7(),
+            kind: "access".into(),
+            subject_id: uuid::Uuid::now_v7(),
+            status: "in_progress".into(),
+            verification: None,
+            received_at: now,
+            due_at: now,
+            extended: false,
+            extension_reason: None,
+            completed_at: None,
+            rejection_reason: None,
+            details: serde_json::json!({}),
+            recipients: serde_json::json!([]),
+            export_expires_at: None,
+            created_by: "key:x".into(),
+        };
+        let parts: BTreeMap<String, serde_json::Value> = [
+            (
+                "contacts".to_string(),
+                serde_json::json!({"contact": {"source": {"channel": "api"},
+                    "field_sources": {"lead_score": {"channel": "enrichment", "detail": "lead-score@1.0.0"}}}}),
+            ),
+            (
+                "enrichment".to_string(),
+                serde_json::json!({"plugins": [
+                    {"name": "company-from-domain", "version": "1.0.0", "profiling": false},
+                    {"name": "lead-score", "version": "1.0.0", "profiling": true, "purposes": ["profiling"],
+                     "reads": ["company"], "writes": ["lead_score"]},
+                ]}),
+            ),
+        ]
+        .into();
+        let doc = assemble(&req, &parts, &BTreeMap::new());
+        let facts = &doc["article_15"];
+        assert_eq!(
+            facts["recipients"],
+            serde_json::json!([
+                "contacts",
+                "enrichment",
+                "plugin company-from-domain@1.0.0",
+                "plugin lead-score@1.0.0"
+            ])
+        );
+        assert_eq!(facts["automated_decisions"].as_array().unwrap().len(), 1);
+        assert_eq!(facts["automated_decisions"][0]["plugin"], "plugin lead-score@1.0.0");
+        assert_eq!(facts["sources"][1]["field"], "lead_score");
+        assert_eq!(facts["sources"][1]["detail"], "lead-score@1.0.0");
+    }
 
     #[test]
     fn test_method_paths_follow_the_service_naming() {
