@@ -19,13 +19,13 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// A tenant with a field policy the examples fit, the profiling purpose, and the three example
 /// plugins installed and enabled. `None` when the wasm toolchain is missing (skipped).
-async fn setup(sb: &Sandbox, name: &str) -> Option<(Http, String)> {
+async fn setup_in(sb: &Sandbox, name: &str) -> Option<(Http, String, uuid::Uuid)> {
     let components: Vec<(&str, Vec<u8>)> = ["company-from-domain", "seen-fields", "lead-score"]
         .into_iter()
         .map(|p| guest::component(p).map(|c| (p, c)))
         .collect::<Option<_>>()?;
     let http = sb.http();
-    let (_, key) = sb.tenant(name).await;
+    let (tenant_id, key) = sb.tenant(name).await;
     let policy = json!({"fields": [
         {"key": "email", "type": "email", "category": "contact"},
         {"key": "first_name", "type": "string", "category": "identity"},
@@ -47,7 +47,11 @@ async fn setup(sb: &Sandbox, name: &str) -> Option<(Http, String)> {
         assert_eq!(installed.json["name"], plugin);
         assert_eq!(installed.json["enabled"], true);
     }
-    Some((http, key))
+    Some((http, key, tenant_id))
+}
+
+async fn setup(sb: &Sandbox, name: &str) -> Option<(Http, String)> {
+    setup_in(sb, name).await.map(|(http, key, _)| (http, key))
 }
 
 async fn install(
@@ -304,5 +308,32 @@ async fn hostile_plugins_fail_alone_and_the_service_stays_up() {
     assert_eq!(outcome(&runs, "company-from-domain").0, "written");
     assert_eq!(outcome(&runs, "loop"), ("failed".into(), "timeout".into()));
     assert_eq!(http.json("GET", "/readyz", None, None).await.status, 200);
+    sb.stop().await;
+}
+
+/// Another replica (or this one after a restart) has none of the compiled plugins: it reads the
+/// component from the database and compiles it on first use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_replica_compiles_installed_plugins_on_first_use() {
+    let sb = Sandbox::monolith().await;
+    let Some((http, key, tenant_id)) = setup_in(&sb, "Replica").await else { return };
+    let id = contact(&http, &key, "ada@analytical-engines.org").await;
+    let db = carnet_cli::node::open_database(&sb.config, carnet_cli::Target::Enrichment, false).await.unwrap();
+    let replica = carnet_enrichment::Engine::new(
+        carnet_enrichment::EnrichmentStore::new(db),
+        carnet_plugin_host::Host::new(carnet_plugin_host::Limits::default()).unwrap(),
+        sb.channel(),
+        sb.channel(),
+        sb.node.mesh_key.clone(),
+        "profiling".into(),
+        1 << 24,
+    );
+    let runs = replica
+        .enrich(tenant_id, id.parse().unwrap(), carnet_enrichment::Trigger::Manual, "key:replica")
+        .await
+        .unwrap();
+    let company = runs.iter().find(|r| r.plugin == "company-from-domain").unwrap();
+    assert_eq!(company.outcome, "written");
+    assert_eq!(get(&http, &key, &id).await["fields"]["company"], "Analytical Engines");
     sb.stop().await;
 }

@@ -198,7 +198,12 @@ impl Engine {
         self.inner.store.install(tenant_id, actor, new).await
     }
 
-    /// The compiled plugin for a stored component, compiling it on first use in this process.
+    fn cached(&self, sha: &str, manifest_text: &str) -> (Option<Arc<Plugin>>, (String, String)) {
+        let key = (sha.to_string(), sha256_hex(manifest_text.as_bytes()));
+        (self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned(), key)
+    }
+
+    /// The compiled plugin for a component, compiling it on first use in this process.
     async fn compiled(
         &self,
         manifest: &Manifest,
@@ -206,9 +211,9 @@ impl Engine {
         sha: &str,
         component: &[u8],
     ) -> Result<Arc<Plugin>, ServiceError> {
-        let key = (sha.to_string(), sha256_hex(manifest_text.as_bytes()));
-        if let Some(found) = self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return Ok(found.clone());
+        let (found, key) = self.cached(sha, manifest_text);
+        if let Some(found) = found {
+            return Ok(found);
         }
         let (inner, manifest, component) = (self.inner.clone(), manifest.clone(), component.to_vec());
         let plugin = tokio::task::spawn_blocking(move || inner.host.load(manifest, &component))
@@ -227,10 +232,14 @@ impl Engine {
         for row in self.inner.store.plugins(tenant_id).await? {
             let manifest = Manifest::parse(&row.manifest)
                 .map_err(|_| ServiceError::internal("a stored plugin manifest is unreadable"))?;
-            let plugin_opt = if row.enabled {
-                Some(self.compiled(&manifest, &row.manifest, &row.sha256, &row.component).await?)
-            } else {
-                None
+            let plugin_opt = match (row.enabled, self.cached(&row.sha256, &row.manifest).0) {
+                (false, _) => None,
+                (true, Some(ready)) => Some(ready),
+                (true, None) => {
+                    // First use in this process (a restart, another replica): read and compile.
+                    let component = self.inner.store.component(tenant_id, &row.name, &row.sha256).await?;
+                    Some(self.compiled(&manifest, &row.manifest, &row.sha256, &component).await?)
+                }
             };
             out.push(Ready {
                 name: row.name,

@@ -24,6 +24,36 @@ pub mod plugin {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+
+    /// A plugin without its component: what listings and runs read (the component is read
+    /// only to compile it, once per process).
+    #[derive(Clone, Debug, PartialEq, DerivePartialModel)]
+    #[sea_orm(entity = "Entity")]
+    pub struct Info {
+        pub tenant_id: Uuid,
+        pub name: String,
+        pub version: String,
+        pub manifest: String,
+        pub sha256: String,
+        pub enabled: bool,
+        pub installed_at: DateTimeUtc,
+        pub installed_by: String,
+    }
+
+    impl From<Model> for Info {
+        fn from(m: Model) -> Self {
+            Info {
+                tenant_id: m.tenant_id,
+                name: m.name,
+                version: m.version,
+                manifest: m.manifest,
+                sha256: m.sha256,
+                enabled: m.enabled,
+                installed_at: m.installed_at,
+                installed_by: m.installed_by,
+            }
+        }
+    }
 }
 
 pub mod settings {

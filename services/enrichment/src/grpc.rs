@@ -31,7 +31,7 @@ fn caller<T>(request: &Request<T>, any_of: &[Permission]) -> Result<Caller, Stat
     Ok(caller)
 }
 
-fn plugin_to_proto(row: plugin::Model) -> pb::Plugin {
+fn plugin_to_proto(row: plugin::Info) -> pb::Plugin {
     let manifest_opt = Manifest::parse(&row.manifest).ok();
     let m = |f: fn(&Manifest) -> Vec<String>| manifest_opt.as_ref().map(f).unwrap_or_default();
     pb::Plugin {
@@ -95,7 +95,7 @@ impl EnrichmentService for EnrichmentGrpc {
             .install(caller.tenant_id, &caller.principal, &req.manifest, &req.component, req.enabled)
             .await?;
         tracing::info!(tenant_id = %caller.tenant_id, plugin = %row.name, version = %row.version, "plugin installed");
-        Ok(Response::new(plugin_to_proto(row)))
+        Ok(Response::new(plugin_to_proto(row.into())))
     }
 
     async fn list_plugins(

@@ -121,14 +121,30 @@ impl EnrichmentStore {
         txn.commit().await.map_err(db_err)
     }
 
-    /// Every plugin the tenant installed, by name.
-    pub async fn plugins(&self, tenant_id: Uuid) -> Result<Vec<plugin::Model>, ServiceError> {
+    /// Every plugin the tenant installed, by name, without the components.
+    pub async fn plugins(&self, tenant_id: Uuid) -> Result<Vec<plugin::Info>, ServiceError> {
         plugin::Entity::find()
             .filter(plugin::Column::TenantId.eq(tenant_id))
             .order_by_asc(plugin::Column::Name)
+            .into_partial_model::<plugin::Info>()
             .all(&self.db.read)
             .await
             .map_err(db_err)
+    }
+
+    /// The component of an installed plugin, if it is still the one with `sha256`.
+    pub async fn component(&self, tenant_id: Uuid, name: &str, sha256: &str) -> Result<Vec<u8>, ServiceError> {
+        let found = plugin::Entity::find()
+            .filter(plugin::Column::TenantId.eq(tenant_id))
+            .filter(plugin::Column::Name.eq(name))
+            .filter(plugin::Column::Sha256.eq(sha256))
+            .all(&self.db.read)
+            .await
+            .map_err(db_err)?
+            .pop();
+        found
+            .map(|m| m.component)
+            .ok_or_else(|| ServiceError::new(ErrorCode::Conflict, format!("plugin {name} changed while it was loaded")))
     }
 
     /// Installs a plugin or upgrades it to a new version. Re-installing the same version is a
