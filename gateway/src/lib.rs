@@ -368,6 +368,7 @@ async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -
         request_id = %request_id,
     );
     carnet_kit::telemetry::continue_trace(&span, request.headers());
+    let started = std::time::Instant::now();
     let deadline = Duration::from_millis(state.config.request_timeout_ms);
     let run = tracing::Instrument::instrument(next.run(request), span.clone());
     let mut response = match tokio::time::timeout(deadline, run).await {
@@ -375,6 +376,7 @@ async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -
         Err(_) => ApiError::new(ErrorCode::DeadlineExceeded, "request timed out").into_response(),
     };
     span.record("http.response.status_code", response.status().as_u16());
+    carnet_kit::metrics::record_http(&method, &route, response.status().as_u16(), started.elapsed().as_secs_f64());
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }

@@ -47,6 +47,7 @@ async fn test_grpc_calls_are_exported_as_spans_without_personal_data() {
         otlp_endpoint: format!("http://{addr}"),
         service_name: "carnet-test".into(),
         sample_ratio: 1.0,
+        metrics_interval_ms: 10000,
     })
     .unwrap();
 

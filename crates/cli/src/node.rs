@@ -316,6 +316,7 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
     let mut server = tonic::transport::Server::builder()
         .timeout(Duration::from_millis(cfg.grpc.request_timeout_ms))
         .tcp_nodelay(true)
+        .layer(carnet_kit::metrics::RpcMetricsLayer)
         .trace_fn(|request| {
             let span = grpc_span(request.uri().path());
             carnet_kit::telemetry::continue_trace(&span, request.headers());

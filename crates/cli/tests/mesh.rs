@@ -2,7 +2,9 @@
 //! its own PostgreSQL database, events over a real `nats-server -js`. Proves access and erasure
 //! across processes (SQL against every store), and the faults: a participant killed before it
 //! confirms, `nats-server` restarted mid-request, an event delivered twice, a legal hold, and a
-//! ledger replay onto a restored copy of the contacts database.
+//! ledger replay onto a restored copy of the contacts database. With an OTLP receiver in the
+//! test: one erasure is one trace across every process and NATS, and no personal data reaches
+//! spans, metrics or logs.
 
 #[path = "../../../plugins/host/tests/support/wat.rs"]
 mod wat_components;
@@ -86,12 +88,14 @@ struct Mesh {
     rt: tokio::runtime::Runtime,
     /// comms' data dir (its mail folder); removed with the mesh.
     data_dir: tempfile::TempDir,
+    /// Where the processes export spans and metrics, and their log lines.
+    telemetry_opt: Option<Telemetry>,
     // Last: released once the processes above are gone.
     _one: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Mesh {
-    fn start() -> Option<Mesh> {
+    fn start(telemetry_opt: Option<Telemetry>) -> Option<Mesh> {
         let server = match std::env::var("CARNET_TEST_POSTGRES_URL") {
             Ok(url) if !url.is_empty() => url,
             _ => {
@@ -122,6 +126,7 @@ impl Mesh {
             key: String::new(),
             rt,
             data_dir: tempfile::tempdir().unwrap(),
+            telemetry_opt,
         };
         for t in TARGETS {
             let out = mesh.carnet(t).args(["migrate", "--target", t]).output().unwrap();
@@ -149,7 +154,16 @@ impl Mesh {
             }
         }
         let upper = target.to_uppercase();
-        cmd.env("CARNET__TELEMETRY__LOG_FILTER", "warn")
+        if let Some(t) = &self.telemetry_opt {
+            // Production-like logging (JSON, info) and fast export, so the test sees everything.
+            cmd.env("CARNET__TELEMETRY__OTLP_ENDPOINT", &t.endpoint)
+                .env("CARNET__TELEMETRY__SERVICE_NAME", format!("carnet-{target}"))
+                .env("CARNET__TELEMETRY__METRICS_INTERVAL_MS", "300")
+                .env("CARNET__TELEMETRY__LOG_FORMAT", "json")
+                .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+        }
+        let filter = if self.telemetry_opt.is_some() { "info" } else { "warn" };
+        cmd.env("CARNET__TELEMETRY__LOG_FILTER", filter)
             .env("CARNET__MESH__SIGNING_KEY", MESH_KEY)
             .env("CARNET__GRPC__LISTEN_ADDR", format!("127.0.0.1:{}", self.grpc_ports[target]))
             .env("CARNET__BUS__NATS_URL", self.nats.url())
@@ -197,12 +211,23 @@ impl Mesh {
         loop {
             assert!(Instant::now() < deadline, "{target} did not start: {seen:?}");
             let line = lines.next().unwrap_or_else(|| panic!("{target} exited: {seen:?}")).unwrap();
-            if line.contains("carnet is serving") {
+            let started = line.contains("carnet is serving");
+            seen.push(line);
+            if started {
                 break;
             }
-            seen.push(line);
         }
-        std::thread::spawn(move || for _ in lines.by_ref() {});
+        let logs_opt = self.telemetry_opt.as_ref().map(|t| t.logs.clone());
+        if let Some(logs) = &logs_opt {
+            logs.lock().unwrap().extend(seen);
+        }
+        std::thread::spawn(move || {
+            for line in lines.by_ref().map_while(Result::ok) {
+                if let Some(logs) = &logs_opt {
+                    logs.lock().unwrap().push(line);
+                }
+            }
+        });
         self.procs.insert(target, child);
     }
 
@@ -215,11 +240,16 @@ impl Mesh {
     }
 
     fn http(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.http_with(method, path, body, "")
+    }
+
+    /// `http` with extra header lines (`"traceparent: …\r\n"`).
+    fn http_with(&self, method: &str, path: &str, body: Option<Value>, headers: &str) -> (u16, Value) {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).unwrap();
         write!(
             stream,
-            "{method} {path} HTTP/1.1\r\nhost: carnet\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nhost: carnet\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
             self.key,
             body.len()
         )
@@ -331,7 +361,11 @@ impl Mesh {
 }
 
 fn setup() -> Option<Mesh> {
-    let mesh = Mesh::start()?;
+    setup_with(None)
+}
+
+fn setup_with(telemetry_opt: Option<Telemetry>) -> Option<Mesh> {
+    let mesh = Mesh::start(telemetry_opt)?;
     let purpose = json!({"key": "news", "lawful_basis": "consent", "notice": "News."});
     assert_eq!(mesh.http("POST", "/v1/purposes", Some(purpose)).0, 201);
     // A plugin that hands the e-mail back: enrichment calls contacts across the mesh and every
@@ -507,5 +541,230 @@ fn test_split_mesh_ledger_replay_after_restoring_a_backup_erases_again() {
     while mesh.rows_of(&id).iter().any(|(_, n)| *n > 0) {
         assert!(Instant::now() < deadline, "the replay did not erase: {:?}", mesh.rows_of(&id));
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+
+/// An OTLP receiver (spans and metrics) serving on its own thread, and the processes' log lines.
+#[derive(Clone, Default)]
+struct Telemetry {
+    endpoint: String,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<ExportTraceServiceRequest>>>,
+    metrics: std::sync::Arc<std::sync::Mutex<Vec<ExportMetricsServiceRequest>>>,
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Telemetry {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.spans.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Telemetry {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.metrics.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
+    }
+}
+
+impl Telemetry {
+    fn start() -> Telemetry {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let telemetry =
+            Telemetry { endpoint: format!("http://{}", listener.local_addr().unwrap()), ..Default::default() };
+        let receiver = telemetry.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                tonic::transport::Server::builder()
+                    .add_service(TraceServiceServer::new(receiver.clone()))
+                    .add_service(MetricsServiceServer::new(receiver))
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                    .await
+                    .unwrap();
+            });
+        });
+        telemetry
+    }
+
+    /// Span names of trace `trace_id` by exporting service (`carnet-<target>`).
+    fn trace(&self, trace_id: &str) -> BTreeMap<String, Vec<String>> {
+        let wanted: Vec<u8> =
+            (0..trace_id.len()).step_by(2).map(|i| u8::from_str_radix(&trace_id[i..i + 2], 16).unwrap()).collect();
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for request in self.spans.lock().unwrap().iter() {
+            for rs in &request.resource_spans {
+                let service = rs
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|a| a.key == "service.name")
+                    .and_then(|a| a.value.as_ref())
+                    .map(|v| format!("{:?}", v.value))
+                    .unwrap_or_default();
+                let service = service.split('"').nth(1).unwrap_or_default().to_string();
+                for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+                    if span.trace_id == wanted {
+                        out.entry(service.clone()).or_default().push(span.name.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn metric_names(&self) -> std::collections::BTreeSet<String> {
+        self.metrics
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| &r.resource_metrics)
+            .flat_map(|rm| &rm.scope_metrics)
+            .flat_map(|sm| &sm.metrics)
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
+    /// Everything exported and logged, as text to search.
+    fn everything(&self) -> String {
+        let spans = format!("{:?}", self.spans.lock().unwrap());
+        let metrics = format!("{:?}", self.metrics.lock().unwrap());
+        let logs = self.logs.lock().unwrap().join("\n");
+        format!("{spans}\n{metrics}\n{logs}")
+    }
+}
+
+#[test]
+fn test_split_mesh_one_erasure_is_one_trace_across_every_process_and_nats() {
+    let telemetry = Telemetry::start();
+    let Some(mesh) = setup_with(Some(telemetry.clone())) else { return };
+    let id = mesh.person("traced@example.org");
+    let trace_id = "5cf92f3577b34da6a3ce929d0e0e4737";
+    let (status, r) = mesh.http_with(
+        "POST",
+        "/v1/dsar",
+        Some(json!({"kind": "erasure", "contact_id": id})),
+        &format!("traceparent: 00-{trace_id}-00f067aa0ba902b7-01\r\n"),
+    );
+    assert_eq!(status, 201, "{r}");
+    let rid = r["id"].as_str().unwrap().to_string();
+    mesh.wait_until(&format!("/v1/dsar/{rid}"), |r| r["status"] == "completed");
+    let participants = ["carnet-contacts", "carnet-consent", "carnet-comms", "carnet-enrichment"];
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let trace = telemetry.trace(trace_id);
+        let has = |service: &str, name: &str| trace.get(service).is_some_and(|n| n.iter().any(|x| x == name));
+        // The gateway's request, the DSAR service's call and publish, every participant's
+        // handling of the event that crossed NATS and its confirmation, and the DSAR service's
+        // handling of each confirmation: all in the one trace the request started.
+        let whole = has("carnet-gateway", "POST /v1/dsar")
+            && has("carnet-dsar", "carnet.dsar.v1.DsarService/CreateRequest")
+            && has("carnet-dsar", "erasure.requested publish")
+            && participants.iter().all(|p| has(p, "erasure.requested process") && has(p, "erasure.confirmed publish"))
+            && trace
+                .get("carnet-dsar")
+                .is_some_and(|n| n.iter().filter(|x| *x == "erasure.confirmed process").count() >= 4);
+        if whole {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the erasure is not one trace across the processes: {trace:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn test_split_mesh_no_personal_data_reaches_spans_metrics_or_logs() {
+    let telemetry = Telemetry::start();
+    let Some(mesh) = setup_with(Some(telemetry.clone())) else { return };
+    // Distinctive values, each searched for in everything the processes exported or logged.
+    let (first, last, email, phone, note) = (
+        "Zebulonqx",
+        "Quixotrandt",
+        "zebulon.quixotrandt@distinct-example.org",
+        "+447700900731",
+        "Zqprivate-note-8813 about her divorce",
+    );
+    let (status, c) = mesh.http(
+        "POST",
+        "/v1/contacts",
+        Some(json!({"email": email, "first_name": first, "last_name": last, "phone": phone,
+            "source": {"channel": "api", "detail": "pii-test"}})),
+    );
+    assert_eq!(status, 201, "{c}");
+    let id = c["id"].as_str().unwrap().to_string();
+    // Bad input that names the values: refused, and the refusal must not echo them.
+    let (status, _) =
+        mesh.http("POST", "/v1/contacts", Some(json!({"email": email, "source": {"channel": "api", "detail": "x"}})));
+    assert_eq!(status, 409);
+    let (status, _) = mesh.http("PATCH", &format!("/v1/contacts/{id}"), Some(json!({"phone": format!("{phone}x")})));
+    assert_eq!(status, 400);
+    let (status, _) = mesh.http(
+        "PATCH",
+        &format!("/v1/contacts/{id}"),
+        Some(json!({"last_name": format!("{last}e"), "reason": note})),
+    );
+    assert_eq!(status, 200);
+    let grant = json!({"contact_id": id, "purpose": "news", "action": "grant", "source": "api"});
+    assert_eq!(mesh.http("POST", "/v1/consents", Some(grant)).0, 201);
+    let mail = json!({"contact_id": id, "purpose": "news", "subject": format!("Hello {first}"), "body": note});
+    assert_eq!(mesh.http("POST", "/v1/messages", Some(mail)).0, 202);
+    let call = json!({"contact_id": id, "direction": "inbound", "started_at": "2026-11-29T09:00:00Z",
+        "duration_seconds": 5, "outcome": "connected", "notes": note});
+    assert_eq!(mesh.http("POST", "/v1/calls", Some(call)).0, 201);
+    let (status, runs) = mesh.http("POST", &format!("/v1/contacts/{id}/enrich"), None);
+    assert_eq!(status, 200, "{runs}");
+    let (status, found) = mesh.http("GET", &format!("/v1/contacts?q={}", &last[..8]), None);
+    assert_eq!((status, found["contacts"].as_array().map(Vec::len)), (200, Some(1)));
+    let (status, r) = mesh.http("POST", "/v1/dsar", Some(json!({"kind": "access", "email": email})));
+    assert_eq!(status, 201, "{r}");
+    let rid = r["id"].as_str().unwrap().to_string();
+    mesh.wait_until(&format!("/v1/dsar/{rid}"), |r| r["status"] == "completed");
+    let (status, doc) = mesh.http("GET", &format!("/v1/dsar/{rid}/export"), None);
+    assert_eq!((status, doc["services"]["contacts"]["contact"]["first_name"].as_str()), (200, Some(first)));
+    let rid = mesh.erase(&id);
+    mesh.wait_until(&format!("/v1/dsar/{rid}"), |r| r["status"] == "completed");
+
+    // Wait until the metrics of every kind have been exported (they come every 300 ms).
+    let wanted = [
+        "rpc.server.call.duration",
+        "http.server.request.duration",
+        "carnet.erasure.confirmation_lag",
+        "carnet.outbox.backlog",
+        "carnet.dsar.open",
+        "carnet.plugin.run.duration",
+    ];
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let names = telemetry.metric_names();
+        if wanted.iter().all(|w| names.contains(*w)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "metrics missing: have {names:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let everything = telemetry.everything();
+    assert!(everything.len() > 10_000, "the processes exported and logged: {} bytes", everything.len());
+    assert!(everything.contains(&id), "ids are what telemetry carries");
+    let lower = everything.to_lowercase();
+    for value in [first, last, email, phone, &phone[1..], "7700900731", "zqprivate", "divorce", "distinct-example"] {
+        assert!(!lower.contains(&value.to_lowercase()), "`{value}` reached spans, metrics or logs");
     }
 }

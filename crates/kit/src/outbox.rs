@@ -117,6 +117,20 @@ impl Relay {
 
     /// Publishes pending rows in order until one fails or none is left; returns how many went out.
     pub async fn run_once(&self) -> Result<usize, DbErr> {
+        let (total, drained) = self.round().await?;
+        // The backlog gauge: nothing left, or (the bus refusing) what is still waiting.
+        let backlog = if drained {
+            0
+        } else {
+            use sea_orm::PaginatorTrait as _;
+            entity::Entity::find().filter(entity::Column::PublishedAt.is_null()).count(&self.db.read).await? as i64
+        };
+        crate::metrics::set_gauge("carnet.outbox.backlog", self.service, backlog);
+        Ok(total)
+    }
+
+    /// One round: (rows published, whether the outbox is now empty).
+    async fn round(&self) -> Result<(usize, bool), DbErr> {
         let mut total = 0;
         loop {
             let rows = entity::Entity::find()
@@ -126,7 +140,7 @@ impl Relay {
                 .all(&self.db.read)
                 .await?;
             if rows.is_empty() {
-                return Ok(total);
+                return Ok((total, true));
             }
             let n = rows.len();
             for row in rows {
@@ -143,13 +157,13 @@ impl Relay {
                 let published = tracing::Instrument::instrument(self.bus.publish(&outgoing), span).await;
                 if let Err(e) = published {
                     tracing::warn!(service = self.service, event_id = %row.id, kind = %row.kind, error = %e, "publish failed; retrying later");
-                    return Ok(total);
+                    return Ok((total, false));
                 }
                 self.mark(row.id).await?;
                 total += 1;
             }
             if (n as u64) < RELAY_BATCH {
-                return Ok(total);
+                return Ok((total, true));
             }
         }
     }

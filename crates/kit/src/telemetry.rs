@@ -30,6 +30,8 @@ pub struct TelemetryConfig {
     pub service_name: String,
     /// Fraction of traces sampled, 0.0..=1.0.
     pub sample_ratio: f64,
+    /// How often metrics are exported (with the spans, to `otlp_endpoint`).
+    pub metrics_interval_ms: u64,
 }
 
 impl Validate for TelemetryConfig {
@@ -39,6 +41,9 @@ impl Validate for TelemetryConfig {
         }
         EnvFilter::try_new(&self.log_filter)
             .map_err(|e| ConfigError(format!("telemetry.log_filter is not a valid filter: {e}")))?;
+        if self.metrics_interval_ms < 100 {
+            return Err(ConfigError("telemetry.metrics_interval_ms must be at least 100".into()));
+        }
         if !self.otlp_endpoint.is_empty() && !self.otlp_endpoint.starts_with("http") {
             return Err(ConfigError("telemetry.otlp_endpoint must be an http(s) URL".into()));
         }
@@ -49,6 +54,7 @@ impl Validate for TelemetryConfig {
 /// Flushes and shuts the exporter down when dropped.
 pub struct TelemetryGuard {
     provider_opt: Option<SdkTracerProvider>,
+    meter_provider_opt: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
 }
 
 impl TelemetryGuard {
@@ -57,12 +63,18 @@ impl TelemetryGuard {
         if let Some(provider) = &self.provider_opt {
             let _ = provider.force_flush();
         }
+        if let Some(provider) = &self.meter_provider_opt {
+            let _ = provider.force_flush();
+        }
     }
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         if let Some(provider) = self.provider_opt.take() {
+            let _ = provider.shutdown();
+        }
+        if let Some(provider) = self.meter_provider_opt.take() {
             let _ = provider.shutdown();
         }
     }
@@ -78,6 +90,7 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
     };
     let mut provider_opt = None;
+    let mut meter_provider_opt = None;
     let otel_layer_opt = if cfg.otlp_endpoint.is_empty() {
         None
     } else {
@@ -96,10 +109,25 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
         let tracer = provider.tracer("carnet");
         opentelemetry::global::set_tracer_provider(provider.clone());
         provider_opt = Some(provider);
+        let metric_exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .with_endpoint(cfg.otlp_endpoint.clone())
+            .build()
+            .context("failed to build the otlp metric exporter")?;
+        let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(metric_exporter)
+            .with_interval(std::time::Duration::from_millis(cfg.metrics_interval_ms))
+            .build();
+        let meter_provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+            .with_reader(reader)
+            .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(cfg.service_name.clone()).build())
+            .build();
+        opentelemetry::global::set_meter_provider(meter_provider.clone());
+        crate::metrics::register_gauges();
+        meter_provider_opt = Some(meter_provider);
         Some(tracing_opentelemetry::layer().with_tracer(tracer))
     };
     let _ = tracing_subscriber::registry().with(filter).with(fmt_layer).with(otel_layer_opt).try_init();
-    Ok(TelemetryGuard { provider_opt })
+    Ok(TelemetryGuard { provider_opt, meter_provider_opt })
 }
 
 /// Reads W3C trace context headers.

@@ -164,10 +164,13 @@ impl Engine {
         let request_id: Uuid = c.request_id.parse().map_err(|_| "bad request id".to_string())?;
         let removed: BTreeMap<String, u64> = c.removed.into_iter().collect();
         match self.inner.store.confirm(tenant_id, request_id, &c.service, removed).await {
-            Ok(done) => {
-                tracing::info!(%tenant_id, %request_id, service = %c.service, completed = done, "erasure confirmed");
+            Ok(Some(confirmed)) => {
+                let lag = confirmed.lag.num_milliseconds().max(0) as f64 / 1000.0;
+                carnet_kit::metrics::record_erasure_lag(&c.service, lag);
+                tracing::info!(%tenant_id, %request_id, service = %c.service, completed = confirmed.completed, "erasure confirmed");
                 Ok(())
             }
+            Ok(None) => Ok(()),
             Err(e) if e.code == carnet_kit::ErrorCode::NotFound => Ok(()),
             Err(e) => Err(format!("{}: {}", e.code, e.message)),
         }
@@ -184,6 +187,15 @@ impl Engine {
         loop {
             if let Err(e) = self.inner.store.republish_due(base, max).await {
                 tracing::warn!(code = e.code.as_str(), "re-publishing erasures failed");
+            }
+            if rounds.is_multiple_of(10) {
+                match self.inner.store.open_counts().await {
+                    Ok((open, overdue)) => {
+                        carnet_kit::metrics::set_gauge("carnet.dsar.open", "", open as i64);
+                        carnet_kit::metrics::set_gauge("carnet.dsar.overdue", "", overdue as i64);
+                    }
+                    Err(e) => tracing::warn!(code = e.code.as_str(), "cannot count open requests"),
+                }
             }
             // Open access requests are retried every few rounds.
             if rounds.is_multiple_of(10) {

@@ -29,6 +29,15 @@ pub const REJECTED: &str = "rejected";
 pub const PENDING: &str = "pending";
 pub const CONFIRMED: &str = "confirmed";
 
+/// A participant's confirmation, newly recorded.
+#[derive(Clone, Copy, Debug)]
+pub struct Confirmed {
+    /// Every participant has now confirmed.
+    pub completed: bool,
+    /// From the request's receipt to this confirmation.
+    pub lag: chrono::Duration,
+}
+
 /// A request to write.
 pub struct NewRequest {
     pub kind: String,
@@ -310,7 +319,7 @@ impl DsarStore {
         request_id: Uuid,
         service: &str,
         removed: BTreeMap<String, u64>,
-    ) -> Result<bool, ServiceError> {
+    ) -> Result<Option<Confirmed>, ServiceError> {
         let at = now();
         let txn = self.db.begin_write().await.map_err(db_err)?;
         let res = task::Entity::update_many()
@@ -325,8 +334,16 @@ impl DsarStore {
             .await
             .map_err(db_err)?;
         if res.rows_affected == 0 {
-            return Ok(false);
+            return Ok(None);
         }
+        let received_at = request::Entity::find()
+            .filter(request::Column::TenantId.eq(tenant_id))
+            .filter(request::Column::Id.eq(request_id))
+            .all(&txn)
+            .await
+            .map_err(db_err)?
+            .pop()
+            .map_or(at, |r| r.received_at);
         let tasks = task::Entity::find()
             .filter(task::Column::TenantId.eq(tenant_id))
             .filter(task::Column::RequestId.eq(request_id))
@@ -360,7 +377,16 @@ impl DsarStore {
                 .map_err(db_err)?;
         }
         txn.commit().await.map_err(db_err)?;
-        Ok(done)
+        Ok(Some(Confirmed { completed: done, lag: at - received_at }))
+    }
+
+    /// Open and overdue requests over every tenant (for the gauges).
+    pub async fn open_counts(&self) -> Result<(u64, u64), ServiceError> {
+        use sea_orm::PaginatorTrait as _;
+        let open = || request::Entity::find().filter(request::Column::Status.is_in([RECEIVED, IN_PROGRESS]));
+        let total = open().count(&self.db.read).await.map_err(db_err)?;
+        let overdue = open().filter(request::Column::DueAt.lt(now())).count(&self.db.read).await.map_err(db_err)?;
+        Ok((total, overdue))
     }
 
     /// Asks again every participant that has not confirmed an erasure by its due time, with

@@ -371,6 +371,7 @@ impl Engine {
         let outcome = tokio::task::spawn_blocking(move || inner.host.run(&plugin, &fields)).instrument(span).await;
         let row = |outcome: &str, reason: &str, read: &[String], written: &[String]| {
             let us = started.elapsed().as_micros() as u64;
+            carnet_kit::metrics::record_plugin_run(&ready.name, &ready.version, outcome, reason, us as f64 / 1e6);
             run_row(tenant_id, contact_id, ready, trigger, outcome, reason, read, written, us)
         };
         let (updates, report) = match outcome {
