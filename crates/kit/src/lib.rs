@@ -11,6 +11,7 @@
 //!   publishes them.
 //! - [`bus`]: the event bus (embedded, or NATS JetStream).
 
+pub mod audit;
 pub mod bus;
 pub mod caller;
 pub mod config;

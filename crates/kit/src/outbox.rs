@@ -45,6 +45,7 @@ pub fn kind_of(payload: &Payload) -> &'static str {
         Payload::ConsentChanged(_) => "consent.changed",
         Payload::ErasureRequested(_) => "erasure.requested",
         Payload::ErasureConfirmed(_) => "erasure.confirmed",
+        Payload::AuditRecorded(_) => "audit.recorded",
     }
 }
 
