@@ -4,6 +4,10 @@
 //! is stored (the secret carries 256 random bits, so a fast hash is enough); the key is shown
 //! once. A revoked key is refused from the next request on by the gateway that revoked it; with
 //! `gateway.key_cache_ms` above zero, other gateway replicas may accept it for up to that long.
+//!
+//! Creating a tenant, creating and revoking a key write their audit entry (`audit.recorded`,
+//! docs/audit.md) to the gateway's outbox in the same transaction; the node's relay publishes it
+//! to the DSAR service like every other service's events.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,12 +19,32 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, DbErr, EntityTrait, QueryFilter, Qu
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use carnet_kit::audit::{self, Entry};
 use carnet_kit::db::Db;
 use carnet_kit::{ErrorCode, ServiceError};
 
 use crate::roles::Role;
 
 const KEY_PREFIX: &str = "carnet_";
+/// The service name of the gateway's audit entries.
+pub const SERVICE_NAME: &str = "gateway";
+/// The `api` of changes made with the store directly (`carnet tenant create`, `carnet apikey
+/// create`) rather than over HTTP.
+pub const CLI_API: &str = "cli";
+
+/// The audit entry of `action` on a record, from the `stamp` of who did it through which API.
+pub fn entry(stamp: &Entry, action: &'static str, record_type: &'static str, record_id: impl ToString) -> Entry {
+    Entry { action, record_type, record_id: record_id.to_string(), ..stamp.clone() }
+}
+
+/// The stamp of `actor` working with the store directly.
+fn cli_stamp(actor: &str) -> Entry {
+    Entry { actor: actor.to_string(), api: CLI_API.to_string(), ..Entry::default() }
+}
+
+async fn record<C: sea_orm::ConnectionTrait>(conn: &C, tenant_id: Uuid, entry: Entry) -> Result<(), ServiceError> {
+    audit::record(conn, tenant_id, SERVICE_NAME, entry).await.map_err(db_err)
+}
 
 pub mod entity {
     pub mod tenant {
@@ -167,11 +191,16 @@ impl KeyStore {
             .await
             .map_err(db_err)?;
         let key = insert_key(&txn, tenant_id, Role::Owner, "initial owner key", created_by).await?;
+        let stamp = cli_stamp(created_by);
+        record(&txn, tenant_id, entry(&stamp, "create", "tenant", tenant_id)).await?;
+        let (key_id, _) = parse_key(&key).expect("minted keys parse");
+        record(&txn, tenant_id, entry(&stamp, "create", "api_key", key_id)).await?;
         txn.commit().await.map_err(db_err)?;
         Ok((tenant_id, key))
     }
 
-    /// Creates a key for an existing tenant; returns the key, shown this once.
+    /// Creates a key for an existing tenant; returns the key, shown this once. Audited as done
+    /// by `created_by` through [`CLI_API`].
     pub async fn create_key(
         &self,
         tenant_id: Uuid,
@@ -179,6 +208,18 @@ impl KeyStore {
         label: &str,
         created_by: &str,
     ) -> Result<(Uuid, String), ServiceError> {
+        self.create_key_as(tenant_id, role, label, &cli_stamp(created_by)).await
+    }
+
+    /// Creates a key for an existing tenant, audited under `stamp` (its actor creates it).
+    pub async fn create_key_as(
+        &self,
+        tenant_id: Uuid,
+        role: Role,
+        label: &str,
+        stamp: &Entry,
+    ) -> Result<(Uuid, String), ServiceError> {
+        let created_by = stamp.actor.as_str();
         if label.chars().count() > 200 {
             return Err(ServiceError::invalid_field("label", "is longer than 200 characters"));
         }
@@ -187,8 +228,9 @@ impl KeyStore {
             return Err(ServiceError::not_found("tenant", tenant_id).with_field("tenant"));
         }
         let key = insert_key(&txn, tenant_id, role, label, created_by).await?;
-        txn.commit().await.map_err(db_err)?;
         let (id, _) = parse_key(&key).expect("minted keys parse");
+        record(&txn, tenant_id, entry(stamp, "create", "api_key", id)).await?;
+        txn.commit().await.map_err(db_err)?;
         Ok((id, key))
     }
 
@@ -215,8 +257,9 @@ impl KeyStore {
         rows.into_iter().map(key_info).collect()
     }
 
-    /// Revokes a key of the tenant; it is refused from the next request on.
-    pub async fn revoke_key(&self, tenant_id: Uuid, key_id: Uuid) -> Result<KeyInfo, ServiceError> {
+    /// Revokes a key of the tenant; it is refused from the next request on. Audited under
+    /// `stamp` when it was not revoked yet.
+    pub async fn revoke_key(&self, tenant_id: Uuid, key_id: Uuid, stamp: &Entry) -> Result<KeyInfo, ServiceError> {
         let txn = self.db.begin_write().await.map_err(db_err)?;
         let row = api_key::Entity::find_by_id(key_id)
             .filter(api_key::Column::TenantId.eq(tenant_id))
@@ -229,7 +272,9 @@ impl KeyStore {
         let row = if row.revoked_at.is_none() {
             let mut model: api_key::ActiveModel = row.into();
             model.revoked_at = Set(Some(carnet_kit::db::now()));
-            model.update(&txn).await.map_err(db_err)?
+            let row = model.update(&txn).await.map_err(db_err)?;
+            record(&txn, tenant_id, entry(stamp, "revoke", "api_key", key_id)).await?;
+            row
         } else {
             row
         };

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::Problem;
-use crate::routes::{comms, consent, contacts, dsar, enrichment, forms, keys};
+use crate::routes::{audit, comms, consent, contacts, dsar, enrichment, forms, keys};
 
 struct BearerAuth;
 
@@ -74,6 +74,9 @@ impl Modify for BearerAuth {
         dsar::list_holds,
         dsar::lift_hold,
         dsar::ledger,
+        audit::query,
+        audit::verify,
+        audit::export,
         enrichment::install,
         enrichment::list,
         enrichment::get_settings,
@@ -89,7 +92,7 @@ impl Modify for BearerAuth {
     components(schemas(Problem)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "contacts", description = "Contacts, field policy, restriction, objection, export"), (name = "consent", description = "Purposes, notice versions, the consent ledger, checks"), (name = "comms", description = "Consent-gated e-mail, sequences, suppression, calls, timeline"), (name = "dsar", description = "Data subject requests, legal holds, the erasure ledger"), (name = "enrichment", description = "Sandboxed enrichment and profiling plugins, the tenant switches, the run ledger"), (name = "keys", description = "API keys of the caller's tenant"))
+    tags((name = "contacts", description = "Contacts, field policy, restriction, objection, export"), (name = "consent", description = "Purposes, notice versions, the consent ledger, checks"), (name = "comms", description = "Consent-gated e-mail, sequences, suppression, calls, timeline"), (name = "dsar", description = "Data subject requests, legal holds, the erasure ledger"), (name = "audit", description = "The audit trail: who did what to which record, hash-chained, exportable"), (name = "enrichment", description = "Sandboxed enrichment and profiling plugins, the tenant switches, the run ledger"), (name = "keys", description = "API keys of the caller's tenant"))
 )]
 pub struct ApiDoc;
 

@@ -10,6 +10,7 @@ pub mod contacts;
 pub mod dsar;
 pub mod enrichment;
 pub mod gateway;
+pub mod keys;
 pub mod outbox;
 
 pub use sea_orm_migration::MigratorTrait;

@@ -75,6 +75,9 @@ impl Sandbox {
                 overrides.push(("comms.database_url", postgres::fresh_database(server).await));
                 overrides.push(("dsar.database_url", postgres::fresh_database(server).await));
                 overrides.push(("enrichment.database_url", postgres::fresh_database(server).await));
+                // The key store: a database of its own, and a master key (split mode needs both).
+                overrides.push(("keys.database_url", postgres::fresh_database(server).await));
+                overrides.push(("keys.master_key", MeshKey::generate().to_hex()));
                 overrides.push(("mesh.signing_key", MeshKey::generate().to_hex()));
                 Mode::Split
             }
@@ -114,6 +117,14 @@ impl Sandbox {
     /// An HTTP client of the gateway.
     pub fn http(&self) -> http::Http {
         http::Http::new(self.node.http_addr_opt.expect("the sandbox runs the gateway"))
+    }
+
+    /// The key store of crypto-shredding: another handle on it than the node's, without a
+    /// cache, so it sees the store as it is.
+    pub async fn crypto_keys(&self) -> carnet_kit::keystore::KeyStore {
+        let mut config = self.config.clone();
+        config.keys.cache_capacity = 0;
+        node::open_key_store(&config, self.mode, false).await.expect("key store")
     }
 
     /// The gateway's key store, as `carnet tenant create` and `carnet apikey create` use it.

@@ -68,6 +68,9 @@ const ENDPOINTS: &[Endpoint] = &[
     Endpoint { method: "GET", path: "/v1/dsar", permission: Permission::DsarManage, ok: 200 },
     Endpoint { method: "POST", path: "/v1/legal-holds", permission: Permission::DsarManage, ok: 201 },
     Endpoint { method: "GET", path: "/v1/erasure-ledger", permission: Permission::DsarManage, ok: 200 },
+    Endpoint { method: "GET", path: "/v1/audit", permission: Permission::AuditRead, ok: 200 },
+    Endpoint { method: "GET", path: "/v1/audit/verify", permission: Permission::AuditRead, ok: 200 },
+    Endpoint { method: "GET", path: "/v1/audit/export", permission: Permission::AuditRead, ok: 200 },
     Endpoint { method: "POST", path: "/v1/plugins", permission: Permission::EnrichmentAdmin, ok: 201 },
     Endpoint { method: "GET", path: "/v1/plugins", permission: Permission::ContactsRead, ok: 200 },
     Endpoint { method: "GET", path: "/v1/enrichment/settings", permission: Permission::ContactsRead, ok: 200 },
@@ -247,7 +250,7 @@ async fn test_tenant_a_cannot_touch_tenant_b() {
         assert_eq!(a.status, 404, "{method} {p}: {:?}", a.json);
         assert_eq!(a.code(), "not_found");
     }
-    let search = http.json("GET", "/v1/contacts?q=b-person", Some(&a_key), None).await;
+    let search = http.json("GET", "/v1/contacts?q=b-person@example.org", Some(&a_key), None).await;
     assert_eq!(search.json["contacts"].as_array().unwrap().len(), 0);
     let b = http.json("GET", &path, Some(&b_key), None).await;
     assert_eq!(b.status, 200);

@@ -341,6 +341,9 @@ impl Deployment {
             names.push(name);
             dbs.insert(t, url);
         }
+        let keys_name = format!("bench_keys_{stamp}");
+        dbs.insert("keys", rt.block_on(carnet_kit::db::create_postgres_database(&server, &keys_name)).unwrap());
+        names.push(keys_name);
         drop(rt);
         let grpc_ports: BTreeMap<&str, u16> = TARGETS.iter().map(|t| (*t, free_port())).collect();
         let http_port = free_port();
@@ -354,6 +357,10 @@ impl Deployment {
                 .env("CARNET__GRPC__LISTEN_ADDR", format!("127.0.0.1:{}", grpc_ports[target]))
                 .env("CARNET__BUS__NATS_URL", format!("nats://127.0.0.1:{nats_port}"))
                 .env(format!("CARNET__{upper}__DATABASE_URL"), &dbs[target]);
+            if target == "contacts" || target == "comms" {
+                cmd.env("CARNET__KEYS__DATABASE_URL", &dbs["keys"])
+                    .env("CARNET__KEYS__MASTER_KEY", "a-key-store-master-key-for-the-dsar-bench");
+            }
             match target {
                 "consent" => {
                     cmd.env("CARNET__CONSENT__CONTACTS_ENDPOINT", endpoint("contacts"));

@@ -12,6 +12,7 @@ use carnet_dsar::DsarConfig;
 use carnet_enrichment::EnrichmentConfig;
 use carnet_gateway::GatewayConfig;
 use carnet_kit::config::{ConfigError, GrpcConfig, MeshConfig, NodeConfig, Validate};
+use carnet_kit::keystore::KeysConfig;
 use carnet_kit::telemetry::TelemetryConfig;
 
 /// The `[bus]` section: where events go.
@@ -34,6 +35,7 @@ pub struct CarnetConfig {
     pub grpc: GrpcConfig,
     pub telemetry: TelemetryConfig,
     pub mesh: MeshConfig,
+    pub keys: KeysConfig,
     pub contacts: ContactsConfig,
     pub consent: ConsentConfig,
     pub comms: CommsConfig,
@@ -47,6 +49,7 @@ impl Validate for CarnetConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         self.grpc.validate()?;
         self.telemetry.validate()?;
+        self.keys.validate()?;
         self.contacts.validate()?;
         self.consent.validate()?;
         self.comms.validate()?;
@@ -84,6 +87,15 @@ mod tests {
         let cfg: CarnetConfig = carnet_kit::config::load_with_env(DEFAULTS, None, &[], Vec::new()).unwrap();
         assert_eq!(cfg.grpc.listen_addr, "127.0.0.1:50051");
         assert!(cfg.contacts.database_url.is_empty());
+        assert!(cfg.keys.encrypt, "encryption is on by default");
+    }
+
+    #[test]
+    fn test_a_short_master_key_is_refused_naming_the_key() {
+        let env = vec![("CARNET__KEYS__MASTER_KEY".to_string(), "short".to_string())];
+        let err = carnet_kit::config::load_with_env::<CarnetConfig>(DEFAULTS, None, &[], env).unwrap_err();
+        assert!(err.to_string().contains("keys.master_key"), "{err}");
+        assert!(!err.to_string().contains("short"), "the value is not echoed: {err}");
     }
 
     #[test]

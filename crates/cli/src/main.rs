@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use carnet_cli::node::{self, Mode};
 use carnet_cli::{CarnetConfig, Target};
 
+mod backup;
+
 #[derive(Parser, Debug)]
 #[command(name = "carnet", version, about = "Carnet, the GDPR-first CRM platform")]
 struct Cli {
@@ -41,6 +43,35 @@ enum Command {
     Migrate {
         #[arg(long = "target", value_name = "TARGET")]
         targets: Vec<Target>,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<String>,
+    },
+    /// Copies every embedded database (a consistent snapshot; carnet may be running), the mesh
+    /// key and a manifest into a new directory (docs/backup.md). Prints what it wrote.
+    Backup {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Where the key store (keys.db and its master key) goes; never beside --out.
+        #[arg(long, value_name = "DIR")]
+        keys_out: Option<PathBuf>,
+        /// Leaves the key store out: restoring then relies on the key store of the data dir.
+        #[arg(long, conflicts_with = "keys_out")]
+        without_keys: bool,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<String>,
+    },
+    /// Restores a backup into the data dir (carnet stopped), keeps the current DSAR state and
+    /// erases again every person erased since the backup. Prints what it restored and replayed.
+    Restore {
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The key store copied with that backup (`--keys-out`); default: keep the current one.
+        #[arg(long, value_name = "DIR")]
+        keys_from: Option<PathBuf>,
+        /// Restores although the data dir has no readable dsar.db: erasures done after the
+        /// backup are then not replayed.
+        #[arg(long)]
+        discard_current_dsar: bool,
         #[arg(long, value_name = "DIR")]
         data_dir: Option<String>,
     },
@@ -237,6 +268,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 db.close().await;
                 println!("{target}: migrations applied");
             }
+            Ok(())
+        }
+        Command::Backup { out, keys_out, without_keys, data_dir } => {
+            let overrides: Vec<(&str, String)> = data_dir.into_iter().map(|d| ("node.data_dir", d)).collect();
+            let cfg = CarnetConfig::load(config_path, &overrides)?;
+            println!("{}", backup::backup(&cfg, &out, keys_out.as_deref(), without_keys).await?);
+            Ok(())
+        }
+        Command::Restore { from, keys_from, discard_current_dsar, data_dir } => {
+            let overrides: Vec<(&str, String)> = data_dir.into_iter().map(|d| ("node.data_dir", d)).collect();
+            let cfg = CarnetConfig::load(config_path, &overrides)?;
+            let opts =
+                backup::RestoreOptions { from: &from, keys_from_opt: keys_from.as_deref(), discard_current_dsar };
+            println!("{}", backup::restore(&cfg, opts).await?);
             Ok(())
         }
         Command::Dsar { command: DsarCommand::ReplayErasures { since, tenant, endpoint, data_dir } } => {

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use carnet_consent::{ConsentGrpc, ConsentStore};
 use carnet_contacts::{ContactStore, ContactsGrpc};
 use carnet_kit::db::{self, Db};
+use carnet_kit::keystore::{KeyStore, LocalKms};
 use carnet_kit::{CallerInterceptor, MeshKey};
 use carnet_migrations::MigratorTrait;
 use carnet_proto::comms::v1::comms_service_server::CommsServiceServer;
@@ -123,6 +124,66 @@ pub fn mesh_key(cfg: &CarnetConfig, mode: Mode) -> anyhow::Result<MeshKey> {
     Ok(key)
 }
 
+/// Returns the local KMS over the master key from config, or in monolith mode the one kept in
+/// the data dir (generated on first start, readable by the owner only).
+pub fn master_key(cfg: &CarnetConfig, mode: Mode) -> anyhow::Result<LocalKms> {
+    if !cfg.keys.master_key.is_empty() {
+        return LocalKms::from_text(&cfg.keys.master_key).map_err(|e| anyhow::anyhow!("keys.master_key: {e}"));
+    }
+    if mode == Mode::Split {
+        bail!("keys.master_key is required in split mode (set CARNET__KEYS__MASTER_KEY)");
+    }
+    let path = cfg.data_dir().join("master.key");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("failed to read {}", path.display()))?;
+        return LocalKms::from_text(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+    }
+    std::fs::create_dir_all(cfg.data_dir()).context("failed to create the data dir")?;
+    let (kms, hex) = LocalKms::generate();
+    write_private(&path, &hex)?;
+    Ok(kms)
+}
+
+/// Returns the key store's database URL: its configured URL, or (monolith mode) a SQLite file
+/// in the data dir. Split mode needs a configured one: contacts and comms share it, and it must
+/// outlive every pod.
+pub fn keys_database_url(cfg: &CarnetConfig, mode: Mode) -> anyhow::Result<String> {
+    if !cfg.keys.database_url.is_empty() {
+        return Ok(cfg.keys.database_url.clone());
+    }
+    if mode == Mode::Split {
+        bail!("keys.database_url is required in split mode (set CARNET__KEYS__DATABASE_URL)");
+    }
+    std::fs::create_dir_all(cfg.data_dir()).context("failed to create the data dir")?;
+    Ok(db::sqlite_url(&cfg.data_dir().join("keys.db")))
+}
+
+/// Opens the key store (once per process: its caches are shared by contacts and comms), running
+/// (`apply`) or checking its migrations.
+pub async fn open_key_store(cfg: &CarnetConfig, mode: Mode, apply: bool) -> anyhow::Result<KeyStore> {
+    let kms = master_key(cfg, mode)?;
+    let url = keys_database_url(cfg, mode)?;
+    let db = db::connect(&url, cfg.keys.max_connections).await.context("failed to connect to the keys database")?;
+    migrate_keys(&db, apply).await?;
+    Ok(KeyStore::new(db, std::sync::Arc::new(kms), carnet_kit::keystore::Options::of(&cfg.keys)))
+}
+
+async fn migrate_keys(db: &Db, apply: bool) -> anyhow::Result<()> {
+    type M = carnet_migrations::keys::Migrator;
+    if apply {
+        M::up(&db.write, None).await.context("failed to migrate the keys database")?;
+        return Ok(());
+    }
+    let pending = M::get_pending_migrations(&db.write).await.context("failed to read migration state")?;
+    if !pending.is_empty() {
+        bail!(
+            "the keys database has {} pending migrations: run `carnet migrate --target contacts` (or comms) first",
+            pending.len()
+        );
+    }
+    Ok(())
+}
+
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     #[cfg(unix)]
@@ -153,10 +214,21 @@ pub fn database_url(cfg: &CarnetConfig, target: Target) -> anyhow::Result<(Strin
     Ok((db::sqlite_url(&cfg.data_dir().join(format!("{target}.db"))), max))
 }
 
-/// Connects to a target's database and runs (`apply`) or checks its migrations.
+/// Connects to a target's database and runs (`apply`) or checks its migrations. Applying the
+/// migrations of contacts or comms also applies the key store's (`carnet migrate` of either
+/// prepares the key store both use).
 pub async fn open_database(cfg: &CarnetConfig, target: Target, apply: bool) -> anyhow::Result<Db> {
     let (url, max) = database_url(cfg, target)?;
     let db = db::connect(&url, max).await.with_context(|| format!("failed to connect to the {target} database"))?;
+    if apply && matches!(target, Target::Contacts | Target::Comms) {
+        // Like the targets' own databases, an empty URL is the data dir's file here; `carnet
+        // serve` then refuses to start without a configured one.
+        let keys_url = keys_database_url(cfg, Mode::Monolith)?;
+        let keys = db::connect(&keys_url, 1).await.context("failed to connect to the keys database")?;
+        let migrated = migrate_keys(&keys, true).await;
+        keys.close().await;
+        migrated?;
+    }
     match target {
         Target::Contacts => migrate::<carnet_migrations::contacts::Migrator>(&db, target, apply).await?,
         Target::Consent => migrate::<carnet_migrations::consent::Migrator>(&db, target, apply).await?,
@@ -355,11 +427,19 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
     let mut sorted = targets.to_vec();
     sorted.sort();
     sorted.dedup();
+    // One key store per process, for the services that seal personal data.
+    let keys_opt = if sorted.iter().any(|t| matches!(t, Target::Contacts | Target::Comms)) {
+        Some(open_key_store(cfg, mode, mode == Mode::Monolith).await?)
+    } else {
+        None
+    };
     for target in &sorted {
         let db = open_database(cfg, *target, mode == Mode::Monolith).await?;
         match target {
             Target::Contacts => {
-                let store = ContactStore::new(db.clone()).with_tombstone_key(mesh_key.derive("contacts-tombstones"));
+                let keys = keys_opt.clone().expect("the key store is open when contacts runs");
+                let store =
+                    ContactStore::new(db.clone(), keys).with_tombstone_key(mesh_key.derive("contacts-tombstones"));
                 consumers.push(carnet_contacts::consumer(store.clone()));
                 relays.push((db.clone(), "contacts"));
                 let grpc = ContactsGrpc::new(store);
@@ -409,7 +489,8 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
                         format!("mail goes to the SMTP relay {}:{}", cfg.comms.smtp.host, cfg.comms.smtp.port)
                     }
                 });
-                let store = carnet_comms::CommsStore::new(db.clone());
+                let keys = keys_opt.clone().expect("the key store is open when comms runs");
+                let store = carnet_comms::CommsStore::new(db.clone(), keys);
                 let peers = carnet_comms::peers::Peers::new(contacts, consent, mesh_key.clone());
                 let hasher = carnet_comms::AddressHasher::new(mesh_key.derive("comms-suppression"));
                 let dispatcher = carnet_comms::Dispatcher::new(
@@ -498,9 +579,16 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
                     .await;
                 engine_opt = Some(engine);
             }
-            Target::Gateway => gateway_db_opt = Some(db.clone()),
+            Target::Gateway => {
+                gateway_db_opt = Some(db.clone());
+                // API key and tenant changes are audited through the gateway's outbox.
+                relays.push((db.clone(), "gateway"));
+            }
         }
         dbs.push(db);
+    }
+    if let Some(keys) = &keys_opt {
+        dbs.push(keys.db().clone());
     }
     // `Server::tcp_nodelay` does not reach connections of a listener handed in: set it here, or
     // every answer written in two segments waits ~40 ms for the peer's delayed ACK.

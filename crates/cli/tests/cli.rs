@@ -157,9 +157,12 @@ fn test_migrate_then_serve_on_postgres() {
     let name = format!("carnet_cli_{}", std::process::id());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let url = rt.block_on(carnet_kit::db::create_postgres_database(&server, &name)).unwrap();
+    let keys_url = rt.block_on(carnet_kit::db::create_postgres_database(&server, &format!("{name}_keys"))).unwrap();
     drop(rt);
     let env = [
         ("CARNET__CONTACTS__DATABASE_URL", url.as_str()),
+        ("CARNET__KEYS__DATABASE_URL", keys_url.as_str()),
+        ("CARNET__KEYS__MASTER_KEY", "a-key-store-master-key-of-at-least-32-bytes"),
         ("CARNET__MESH__SIGNING_KEY", "a-mesh-signing-key-of-at-least-32-bytes"),
         ("CARNET__GRPC__LISTEN_ADDR", "127.0.0.1:0"),
     ];
@@ -214,7 +217,7 @@ fn test_migrate_then_serve_on_postgres() {
     let body = r#"{"email":"split@example.org","source":{"channel":"api","detail":"cli-test"}}"#;
     let response = http_request(&http, "POST", "/v1/contacts", &key, body);
     assert!(response.starts_with("HTTP/1.1 201"), "{response}");
-    let response = http_request(&http, "GET", "/v1/contacts?q=split", &key, "");
+    let response = http_request(&http, "GET", "/v1/contacts?q=split@example.org", &key, "");
     assert!(response.starts_with("HTTP/1.1 200") && response.contains("split@example.org"), "{response}");
     let id = response.split("\"id\":\"").nth(1).unwrap().split('"').next().unwrap().to_string();
     let purpose = r#"{"key":"newsletter","lawful_basis":"consent","notice":"Monthly news."}"#;

@@ -38,7 +38,7 @@ const DATA_DIR: &str = "/var/lib/carnet";
 
 /// Keys of carnet.toml the chart sets itself (the rest is `config:` in the values, checked
 /// against the binary by the schema test).
-const CHART_OWNED: [&str; 27] = [
+const CHART_OWNED: [&str; 29] = [
     "node.data_dir",
     "grpc.listen_addr",
     "telemetry.log_format",
@@ -66,7 +66,12 @@ const CHART_OWNED: [&str; 27] = [
     "enrichment.database_url",
     "dsar.database_url",
     "gateway.database_url",
+    "keys.database_url",
+    "keys.master_key",
 ];
+
+/// The targets that seal personal data with the key store: they get its URL and master key.
+const KEY_STORE_USERS: [&str; 2] = ["contacts", "comms"];
 
 /// The Secrets ci/production-values.yaml names (they exist in the cluster, not in the chart).
 fn existing_secrets() -> BTreeMap<(String, String), String> {
@@ -75,6 +80,8 @@ fn existing_secrets() -> BTreeMap<(String, String), String> {
         secrets.insert((name.to_string(), key.to_string()), value.to_string());
     };
     put("carnet-mesh", "signing-key", "an-existing-mesh-signing-key-of-32-bytes-or-more");
+    put("carnet-keys", "master-key", "an-existing-key-store-master-key-of-32-bytes");
+    put("carnet-database", "keys", "postgres://carnet_keys:secret@pg.databases.svc:5432/carnet_keys");
     put("carnet-nats", "url", "nats://nats.messaging.svc:4222");
     put("carnet-smtp", "password", "smtp secret");
     for t in TARGETS {
@@ -423,10 +430,16 @@ fn check_release(release: &Release, production: bool) {
             let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap();
             assert!(volume.get("emptyDir").is_some(), "{target}: {path} is an emptyDir");
         }
-        // Each target gets its own database URL only.
+        // Each target gets its own database URL only; contacts and comms the key store's too,
+        // and its master key.
         let env: Vec<&str> = c["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
-        let urls: Vec<&&str> = env.iter().filter(|n| n.ends_with("__DATABASE_URL")).collect();
-        assert_eq!(urls, [&format!("CARNET__{}__DATABASE_URL", target.to_uppercase()).as_str()], "{target}");
+        let urls: Vec<&str> = env.iter().copied().filter(|n| n.ends_with("__DATABASE_URL")).collect();
+        let own = format!("CARNET__{}__DATABASE_URL", target.to_uppercase());
+        let uses_keys = KEY_STORE_USERS.contains(&target);
+        let expected: Vec<&str> =
+            if uses_keys { vec![own.as_str(), "CARNET__KEYS__DATABASE_URL"] } else { vec![own.as_str()] };
+        assert_eq!(urls, expected, "{target}");
+        assert_eq!(env.contains(&"CARNET__KEYS__MASTER_KEY"), uses_keys, "{target}: the master key");
         assert!(env.contains(&"CARNET__MESH__SIGNING_KEY"), "{target}");
         assert!(env.contains(&"CARNET__TELEMETRY__SERVICE_NAME"), "{target}");
         // Probes: native gRPC health on the services (their service name for readiness), HTTP on
@@ -528,7 +541,9 @@ fn check_release(release: &Release, production: bool) {
             hook_objects.push(("Secret", r["name"].as_str().unwrap()));
         }
     }
-    assert_eq!(hook_objects.len(), TARGETS.len(), "the Job has every database URL");
+    assert_eq!(hook_objects.len(), TARGETS.len() + 1, "the Job has every database URL, the key store's too");
+    let job_env: Vec<&str> = c["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert!(!job_env.contains(&"CARNET__KEYS__MASTER_KEY"), "migrations need no master key");
     for v in pod["volumes"].as_array().unwrap() {
         if let Some(name) = v["configMap"]["name"].as_str() {
             hook_objects.push(("ConfigMap", name));
@@ -623,7 +638,10 @@ fn test_chart_renders_valid_hardened_manifests_for_kubernetes_1_33() {
         if production {
             assert!(secrets.is_empty(), "{secrets:?}");
         } else {
-            assert_eq!(secrets, [json!("carnet-mesh"), json!("carnet-database"), json!("carnet-migrations")]);
+            assert_eq!(
+                secrets,
+                [json!("carnet-mesh"), json!("carnet-keys"), json!("carnet-database"), json!("carnet-migrations")]
+            );
         }
     }
 }
@@ -644,6 +662,8 @@ fn test_chart_refuses_values_the_binary_would_refuse() {
     refused(&minimal, &["--set", "config.comms.smtp.tls=ssl"], "tls");
     refused(&minimal, &["--set", "contacts.replica=3"], "replica");
     refused(&minimal, &["--set", "mesh.signingKey=short"], "signingKey");
+    refused(&minimal, &["--set", "keys.masterKey=short"], "masterKey");
+    refused(&minimal, &["--set", "config.keys.master_key=x"], "master_key");
     refused(&minimal, &["--set", "externalNats.url=http://nats:4222"], "externalNats.url");
     // What has no default: PostgreSQL, NATS, a public URL once real mail goes out.
     refused(&[], &["--set", "nats.enabled=false", "--set", "externalNats.url=nats://n:4222"], "postgresql.host");
@@ -853,7 +873,7 @@ fn test_rendered_release_migrates_and_starts_on_postgresql_and_nats() {
     let (host, port) = hostport.rsplit_once(':').unwrap();
     let stamp = format!("{}_{}", std::process::id(), free_port());
     let mut databases = serde_json::Map::new();
-    for t in TARGETS {
+    for t in TARGETS.iter().chain(&["keys"]) {
         let name = format!("helm_{t}_{stamp}");
         rt.block_on(carnet_kit::db::create_postgres_database(&server, &name)).unwrap();
         databases.insert(t.to_string(), json!(name));

@@ -190,10 +190,23 @@ impl EventBus for NatsBus {
             ack_wait: Duration::from_secs(30),
             ..Default::default()
         };
-        let pull = stream
-            .get_or_create_consumer(&consumer.durable, config)
+        let mut pull = stream
+            .get_or_create_consumer(&consumer.durable, config.clone())
             .await
             .map_err(|e| BusError(format!("consumer {}: {e}", consumer.durable)))?;
+        // A durable consumer made by an older version keeps its old filter: a service that now
+        // handles another kind (the DSAR service and `audit.recorded`) updates it in place.
+        let mut have = pull.cached_info().config.filter_subjects.clone();
+        let mut want = config.filter_subjects.clone();
+        have.sort();
+        want.sort();
+        if have != want {
+            tracing::info!(consumer = %consumer.durable, "updating the durable consumer's subjects");
+            pull = stream
+                .update_consumer(config)
+                .await
+                .map_err(|e| BusError(format!("consumer {}: {e}", consumer.durable)))?;
+        }
         let redeliver_after = self.redeliver_after;
         let task = tokio::spawn(async move {
             loop {

@@ -18,6 +18,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod grpc;
+pub mod keystore;
 pub mod links;
 pub mod metrics;
 pub mod outbox;

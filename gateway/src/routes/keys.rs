@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use carnet_kit::audit::Entry;
 use carnet_kit::{ErrorCode, Permission};
 
 use crate::AppState;
@@ -78,7 +79,8 @@ pub async fn create_key(
             format!("a key with role {role} would hold {} which the caller lacks", missing.as_str()),
         ));
     }
-    let (id, key) = state.keys.create_key(auth.0.tenant_id, role, &body.label, &auth.0.principal).await?;
+    let stamp = Entry::new(&auth.0, "", "", "", "POST /v1/api-keys");
+    let (id, key) = state.keys.create_key_as(auth.0.tenant_id, role, &body.label, &stamp).await?;
     tracing::info!(tenant_id = %auth.0.tenant_id, key_id = %id, %role, "api key created");
     Ok((StatusCode::CREATED, Json(CreatedKey { id: id.to_string(), api_key: key, role: role.to_string() })))
 }
@@ -102,7 +104,8 @@ pub async fn revoke_key(
 ) -> Result<Json<KeyView>, ApiError> {
     auth.require(Permission::KeysManage)?;
     let id = path_id("id", &id)?;
-    let key = state.keys.revoke_key(auth.0.tenant_id, id).await?;
+    let stamp = Entry::new(&auth.0, "", "", "", "DELETE /v1/api-keys/{id}");
+    let key = state.keys.revoke_key(auth.0.tenant_id, id, &stamp).await?;
     tracing::info!(tenant_id = %auth.0.tenant_id, key_id = %id, "api key revoked");
     Ok(Json(view(key)))
 }

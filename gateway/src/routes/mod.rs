@@ -1,5 +1,6 @@
 //! The REST routes, one module per service they front.
 
+pub mod audit;
 pub mod comms;
 pub mod consent;
 pub mod contacts;

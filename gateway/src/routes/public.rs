@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 
+use axum::Extension;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -14,6 +15,7 @@ use carnet_proto::consent::v1 as pb;
 use carnet_proto::consent::v1::consent_service_client::ConsentServiceClient;
 
 use crate::AppState;
+use crate::auth::RequestId;
 use crate::error::ApiError;
 
 /// Escapes text for HTML element content and attribute values.
@@ -87,19 +89,28 @@ pub fn limit(state: &AppState, ip: &str) -> Result<(), ApiError> {
 fn link_client(
     state: &AppState,
     token: &str,
+    request_id: &str,
 ) -> Result<
     ConsentServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, CallerSigner>>,
     ApiError,
 > {
     let tenant_id =
         carnet_kit::links::peek_tenant(token).ok_or_else(|| ApiError::invalid_field("token", "is not a valid link"))?;
-    let caller = Caller::new(tenant_id, "public:link", []);
+    let mut caller = Caller::new(tenant_id, "public:link", []);
+    // The audit entry of what the person did correlates with this request.
+    caller.request_id = request_id.to_string();
     Ok(state.consent_as(caller))
 }
 
-async fn redeem(state: &AppState, token: String, ip: String, ua: String) -> Result<pb::RedeemLinkResponse, ApiError> {
+async fn redeem(
+    state: &AppState,
+    token: String,
+    ip: String,
+    ua: String,
+    request_id: &str,
+) -> Result<pb::RedeemLinkResponse, ApiError> {
     limit(state, &ip)?;
-    let mut client = link_client(state, &token)?;
+    let mut client = link_client(state, &token, request_id)?;
     Ok(client.redeem_link(pb::RedeemLinkRequest { token, ip, user_agent: ua }).await?.into_inner())
 }
 
@@ -111,10 +122,11 @@ fn purpose_name(r: &pb::RedeemLinkResponse) -> String {
 pub async fn confirm(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    Extension(RequestId(request_id)): Extension<RequestId>,
     headers: HeaderMap,
     Path(token): Path<String>,
 ) -> Response {
-    match redeem(&state, token, ip, user_agent(&headers)).await {
+    match redeem(&state, token, ip, user_agent(&headers), &request_id).await {
         Ok(r) if r.action == pb::ConsentAction::Grant as i32 => {
             let name = escape(&purpose_name(&r));
             let text = if r.already_done { "was already confirmed" } else { "is confirmed" };
@@ -145,10 +157,11 @@ pub async fn withdraw_page(Path(token): Path<String>) -> Response {
 pub async fn withdraw(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    Extension(RequestId(request_id)): Extension<RequestId>,
     headers: HeaderMap,
     Path(token): Path<String>,
 ) -> Response {
-    match redeem(&state, token, ip, user_agent(&headers)).await {
+    match redeem(&state, token, ip, user_agent(&headers), &request_id).await {
         Ok(r) if r.action == pb::ConsentAction::Withdraw as i32 => {
             let name = escape(&purpose_name(&r));
             Html(page(

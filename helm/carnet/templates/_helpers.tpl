@@ -3,6 +3,16 @@
 contacts consent comms enrichment dsar gateway
 {{- end }}
 
+{{/* Every database the chart gives a URL for: one per target, and the key store's. */}}
+{{- define "carnet.databases" -}}
+{{ include "carnet.targets" . }} keys
+{{- end }}
+
+{{/* Whether a target seals personal data with the key store (it then gets its URL and master key). */}}
+{{- define "carnet.usesKeys" -}}
+{{- if has . (list "contacts" "comms") }}true{{ end }}
+{{- end }}
+
 {{/* The gRPC service each target registers in grpc.health.v1 (its readiness check). */}}
 {{- define "carnet.healthService" -}}
 {{- $names := dict "contacts" "carnet.contacts.v1.ContactsService" "consent" "carnet.consent.v1.ConsentService" "comms" "carnet.comms.v1.CommsService" "enrichment" "carnet.enrichment.v1.EnrichmentService" "dsar" "carnet.dsar.v1.DsarService" -}}
@@ -99,6 +109,14 @@ same key whole. Input: dict root, target.
 {{- if .Values.mesh.existingSecret }}{{ .Values.mesh.existingSecretKey }}{{ else }}signing-key{{ end }}
 {{- end }}
 
+{{- define "carnet.keysSecretName" -}}
+{{- default (printf "%s-keys" (include "carnet.fullname" .)) .Values.keys.existingSecret }}
+{{- end }}
+
+{{- define "carnet.keysSecretKey" -}}
+{{- if .Values.keys.existingSecret }}{{ .Values.keys.existingSecretKey }}{{ else }}master-key{{ end }}
+{{- end }}
+
 {{/* "true" when comms gets SMTP credentials; fails when only half of them is given. */}}
 {{- define "carnet.smtpCredentials" -}}
 {{- $password := or .Values.smtp.existingSecret .Values.smtp.password }}
@@ -145,7 +163,7 @@ same key whole. Input: dict root, target.
 {{- if $pg.password }}
 {{- $auth = printf "%s:%s" $user (urlquery $pg.password | replace "+" "%20") }}
 {{- end }}
-{{- range $target := include "carnet.targets" . | splitList " " }}
+{{- range $target := include "carnet.databases" . | splitList " " }}
 {{- $db := required (printf "postgresql.databases.%s is required" $target) (get $pg.databases $target) }}
 {{- $url := printf "postgres://%s@%s:%d/%s" $auth $host (int $pg.port) (urlquery $db) }}
 {{- if $pg.params }}

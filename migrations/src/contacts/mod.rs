@@ -5,6 +5,7 @@ use sea_orm_migration::prelude::*;
 mod m20261129_000001_create_contacts;
 mod m20261129_000002_erasure_tombstones;
 mod m20261129_000003_field_sources;
+mod m20261129_000004_sealed_personal_data;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000001_create_contacts::Migration),
             Box::new(m20261129_000002_erasure_tombstones::Migration),
             Box::new(m20261129_000003_field_sources::Migration),
+            Box::new(m20261129_000004_sealed_personal_data::Migration),
         ]
     }
 

@@ -481,7 +481,10 @@ impl Dispatcher {
         }
         let t = self.inner.store.template(tenant_id, id).await?;
         let parsed = Arc::new(Parsed::stored(&t.subject, &t.body)?);
-        self.inner.templates.lock().await.insert((tenant_id, id), parsed.clone());
+        // A single message's own content is used once and is personal: not kept in memory.
+        if t.subject_id.is_none() {
+            self.inner.templates.lock().await.insert((tenant_id, id), parsed.clone());
+        }
         Ok(parsed)
     }
 

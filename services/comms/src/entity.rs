@@ -12,10 +12,15 @@ pub mod template {
         pub id: Uuid,
         pub name: String,
         pub purpose: String,
+        /// Empty when the content is sealed (`sealed`).
         pub subject: String,
         pub body: String,
         pub created_by: String,
         pub created_at: DateTimeUtc,
+        /// The one contact a single message's inline content was written for: its subject and
+        /// body are then sealed with that person's key (`sealed`, JSON) and erased with them.
+        pub subject_id: Option<Uuid>,
+        pub sealed: Option<Vec<u8>>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -144,7 +149,9 @@ pub mod call {
         pub started_at: DateTimeUtc,
         pub duration_seconds: i64,
         pub outcome: String,
-        pub notes: Option<String>,
+        /// The notes, sealed with the contact's key from the key store (the call id as
+        /// associated data).
+        pub sealed_notes: Option<Vec<u8>>,
         pub recording: bool,
         pub recording_consent_id: Option<String>,
         pub created_by: String,

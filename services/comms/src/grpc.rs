@@ -15,6 +15,7 @@ use carnet_proto::comms::v1::comms_service_server::CommsService;
 use carnet_proto::consent::v1 as pb_consent;
 use carnet_proto::contacts::v1 as pb_contacts;
 
+use crate::audit::Audit;
 use crate::dispatch::Dispatcher;
 use crate::entity::{call, campaign, delivery, enrollment, sequence, template};
 use crate::peers::{Peers, peer_err};
@@ -160,6 +161,7 @@ impl CommsGrpc {
             purpose: purpose.to_string(),
             subject: content.subject,
             body: content.body,
+            subject_id_opt: None,
         }))
     }
 
@@ -351,7 +353,7 @@ fn enrollment_to_proto(e: enrollment::Model) -> pb::Enrollment {
     }
 }
 
-fn call_to_proto(c: call::Model) -> pb::Call {
+fn call_to_proto(c: call::Model, notes_opt: Option<String>) -> pb::Call {
     pb::Call {
         id: c.id.to_string(),
         contact_id: c.contact_id.to_string(),
@@ -359,7 +361,7 @@ fn call_to_proto(c: call::Model) -> pb::Call {
         started_at: Some(to_timestamp(c.started_at)),
         duration_seconds: c.duration_seconds as u64,
         outcome: c.outcome,
-        notes: c.notes.unwrap_or_default(),
+        notes: notes_opt.unwrap_or_default(),
         recording: c.recording,
         recording_consent_id: c.recording_consent_id.unwrap_or_default(),
         created_by: c.created_by,
@@ -411,7 +413,7 @@ impl CommsService for CommsGrpc {
             .create_template(
                 caller.tenant_id,
                 &caller.principal,
-                NewTemplate { name, purpose: req.purpose, subject: req.subject, body: req.body },
+                NewTemplate { name, purpose: req.purpose, subject: req.subject, body: req.body, subject_id_opt: None },
             )
             .await?;
         tracing::info!(tenant_id = %caller.tenant_id, template_id = %t.id, "template created");
@@ -429,7 +431,11 @@ impl CommsService for CommsGrpc {
         let req = request.into_inner();
         let contact_id = parse_id("contact_id", &req.contact_id)?;
         self.check_purpose(&caller, "purpose", &req.purpose).await?;
-        let template = self.content(&caller, "content.", &req.purpose, "single message", req.content).await?;
+        let mut template = self.content(&caller, "content.", &req.purpose, "single message", req.content).await?;
+        // Inline content written for one person is theirs: sealed with their key, erased with them.
+        if let TemplateRef::New(t) = &mut template {
+            t.subject_id_opt = Some(contact_id);
+        }
         let check = self.check_one(&caller, contact_id, &req.purpose).await?;
         if check.reason == "unknown_contact" {
             return Err(ServiceError::not_found("contact", contact_id).with_field("contact_id").into());
@@ -462,7 +468,8 @@ impl CommsService for CommsGrpc {
             due_at: carnet_kit::db::now(),
             skip_reason_opt: None,
         };
-        let rows = self.store.queue(caller.tenant_id, &caller.principal, new_opt, vec![d]).await?;
+        let audit = Audit::grpc(&caller, "SendMessage");
+        let rows = self.store.queue(caller.tenant_id, &audit, new_opt, vec![d]).await?;
         let d = rows.into_iter().next().ok_or_else(|| ServiceError::internal("nothing queued"))?;
         self.dispatcher.wake();
         tracing::info!(tenant_id = %caller.tenant_id, message_id = %d.id, contact_id = %contact_id, "message queued");
@@ -513,7 +520,7 @@ impl CommsService for CommsGrpc {
         let caller = caller(&request, &[Permission::CommsSend])?;
         let id = parse_id("id", &request.get_ref().id)?;
         self.store.campaign(caller.tenant_id, id).await?;
-        if self.store.start_campaign(caller.tenant_id, id).await? {
+        if self.store.start_campaign(caller.tenant_id, id, &Audit::grpc(&caller, "SendCampaign")).await? {
             let c = self.store.campaign(caller.tenant_id, id).await?;
             tracing::info!(tenant_id = %caller.tenant_id, campaign_id = %id, "campaign started");
             self.dispatcher.queue_campaign(c);
@@ -568,7 +575,8 @@ impl CommsService for CommsGrpc {
             steps.push((step.delay_seconds, t));
         }
         let s = self.store.create_sequence(caller.tenant_id, &caller.principal, name, req.purpose, steps).await?;
-        let enrolled = self.store.enroll(caller.tenant_id, &caller.principal, &s, &contact_ids).await?;
+        let audit = Audit::grpc(&caller, "CreateSequence");
+        let enrolled = self.store.enroll(caller.tenant_id, &audit, &s, &contact_ids).await?;
         self.dispatcher.wake();
         tracing::info!(tenant_id = %caller.tenant_id, sequence_id = %s.id, enrolled, "sequence created");
         Ok(Response::new(self.sequence_view(s).await?))
@@ -586,7 +594,8 @@ impl CommsService for CommsGrpc {
             return Err(ServiceError::invalid_field("contact_ids", "is required").into());
         }
         let s = self.store.sequence(caller.tenant_id, id).await?;
-        let enrolled = self.store.enroll(caller.tenant_id, &caller.principal, &s, &contact_ids).await?;
+        let audit = Audit::grpc(&caller, "EnrollContacts");
+        let enrolled = self.store.enroll(caller.tenant_id, &audit, &s, &contact_ids).await?;
         self.dispatcher.wake();
         tracing::info!(tenant_id = %caller.tenant_id, sequence_id = %id, enrolled, "contacts enrolled");
         Ok(Response::new(self.sequence_view(s).await?))
@@ -625,7 +634,8 @@ impl CommsService for CommsGrpc {
                 skip_reason_opt: None,
             })
             .collect();
-        let rows = self.store.queue(caller.tenant_id, &caller.principal, None, deliveries).await?;
+        let audit = Audit::grpc(&caller, "RequestConsent");
+        let rows = self.store.queue(caller.tenant_id, &audit, None, deliveries).await?;
         self.dispatcher.wake();
         tracing::info!(tenant_id = %caller.tenant_id, request_id = %origin_id, count = rows.len(), "consent requests queued");
         let messages = rows.into_iter().map(|d| message_to_proto(d, "consent request".into())).collect();
@@ -647,7 +657,8 @@ impl CommsService for CommsGrpc {
             return Err(ServiceError::invalid_field("email", "is not an e-mail address").into());
         }
         let hash = self.dispatcher.hasher().hash(caller.tenant_id, &req.email);
-        let already = self.store.suppress(caller.tenant_id, &hash, "*", reason).await?;
+        let audit = Audit::grpc(&caller, "ReportBounce");
+        let already = self.store.suppress_audited(caller.tenant_id, &hash, "*", reason, &audit, None).await?;
         tracing::info!(tenant_id = %caller.tenant_id, reason, already, "address suppressed");
         Ok(Response::new(pb::ReportBounceResponse { hash, already_suppressed: already }))
     }
@@ -673,7 +684,9 @@ impl CommsService for CommsGrpc {
             return Ok(Response::new(pb::ReportBounceResponse::default()));
         };
         let hash = self.dispatcher.hasher().hash(caller.tenant_id, &email);
-        let already = self.store.suppress(caller.tenant_id, &hash, &purpose, reason).await?;
+        let audit = Audit::grpc(&caller, "SuppressContact");
+        let already =
+            self.store.suppress_audited(caller.tenant_id, &hash, &purpose, reason, &audit, Some(contact_id)).await?;
         tracing::info!(tenant_id = %caller.tenant_id, %contact_id, reason, already, "contact suppressed");
         Ok(Response::new(pb::ReportBounceResponse { hash, already_suppressed: already }))
     }
@@ -714,21 +727,21 @@ impl CommsService for CommsGrpc {
             .store
             .log_call(
                 caller.tenant_id,
-                &caller.principal,
+                &Audit::grpc(&caller, "LogCall"),
                 NewCall {
                     contact_id,
                     direction: req.direction,
                     started_at: carnet_kit::db::truncate(started_at),
                     duration_seconds: req.duration_seconds,
                     outcome: req.outcome,
-                    notes_opt,
+                    notes_opt: notes_opt.clone(),
                     recording: req.recording,
                     recording_consent_id_opt: basis_opt,
                 },
             )
             .await?;
         tracing::info!(tenant_id = %caller.tenant_id, call_id = %c.id, %contact_id, recording = c.recording, "call logged");
-        Ok(Response::new(call_to_proto(c)))
+        Ok(Response::new(call_to_proto(c, notes_opt)))
     }
 
     async fn update_call(&self, request: Request<pb::UpdateCallRequest>) -> Result<Response<pb::Call>, Status> {
@@ -743,27 +756,37 @@ impl CommsService for CommsGrpc {
         if req.verbal_consent && req.recording != Some(true) {
             return Err(ServiceError::invalid_field("verbal_consent", "only applies with recording=true").into());
         }
+        let mut changed = Vec::new();
         match req.recording {
             Some(true) if !c.recording => {
                 let basis = self.recording_basis(&caller, c.contact_id, req.verbal_consent, Utc::now()).await?;
                 c.recording = true;
                 c.recording_consent_id = Some(basis);
+                changed.push("recording");
             }
-            Some(false) => {
+            Some(false) if c.recording => {
                 c.recording = false;
                 c.recording_consent_id = None;
+                changed.push("recording");
             }
             _ => {}
         }
-        if let Some(outcome) = req.outcome {
+        if let Some(outcome) = req.outcome
+            && outcome != c.outcome
+        {
             c.outcome = outcome;
+            changed.push("outcome");
         }
-        if let Some(notes) = notes_opt {
-            c.notes = notes;
+        if notes_opt.is_some() {
+            changed.push("notes");
         }
-        let c = self.store.update_call(c).await?;
+        let notes_shown = match &notes_opt {
+            Some(notes) => notes.clone(),
+            None => self.store.notes(&c).await?,
+        };
+        let c = self.store.update_call(c, notes_opt, &Audit::grpc(&caller, "UpdateCall"), changed).await?;
         tracing::info!(tenant_id = %caller.tenant_id, call_id = %c.id, recording = c.recording, "call updated");
-        Ok(Response::new(call_to_proto(c)))
+        Ok(Response::new(call_to_proto(c, notes_shown)))
     }
 
     async fn timeline(&self, request: Request<pb::TimelineRequest>) -> Result<Response<pb::TimelineResponse>, Status> {
@@ -777,6 +800,10 @@ impl CommsService for CommsGrpc {
         };
         if self.contact_exists(&caller, contact_id).await?.is_none() {
             return Err(ServiceError::not_found("contact", contact_id).with_field("contact_id").into());
+        }
+        let audit = Audit::grpc(&caller, "Timeline");
+        if !audit.is_service() {
+            self.store.record_view(caller.tenant_id, &audit, "view", "timeline", contact_id).await?;
         }
         let mut entries = Vec::new();
         let deliveries = self.store.subject_deliveries(caller.tenant_id, contact_id, Some(limit as u64)).await?;
@@ -861,6 +888,9 @@ impl CommsService for CommsGrpc {
         let contact_id = parse_id("subject_id", &request.get_ref().subject_id)?;
         let deliveries = self.store.subject_deliveries(caller.tenant_id, contact_id, None).await?;
         let calls = self.store.subject_calls(caller.tenant_id, contact_id, None).await?;
+        let key_opt =
+            self.store.keys().find_subject_key(caller.tenant_id, contact_id).await.map_err(ServiceError::from)?;
+        let notes = calls.iter().map(|c| self.store.open_notes(key_opt.as_ref(), c)).collect::<Result<Vec<_>, _>>()?;
         let enrollments = self.store.subject_enrollments(caller.tenant_id, contact_id).await?;
         let count = (deliveries.len() + calls.len() + enrollments.len()) as u64;
         let doc = serde_json::json!({
@@ -872,15 +902,17 @@ impl CommsService for CommsGrpc {
                 "step": d.step, "status": d.status, "reason": d.reason, "created_at": d.created_at,
                 "sent_at": d.sent_at,
             })).collect::<Vec<_>>(),
-            "calls": calls.iter().map(|c| serde_json::json!({
+            "calls": calls.iter().zip(&notes).map(|(c, notes)| serde_json::json!({
                 "id": c.id, "direction": c.direction, "started_at": c.started_at,
-                "duration_seconds": c.duration_seconds, "outcome": c.outcome, "notes": c.notes,
+                "duration_seconds": c.duration_seconds, "outcome": c.outcome, "notes": notes,
                 "recording": c.recording, "recording_basis": c.recording_consent_id,
             })).collect::<Vec<_>>(),
             "sequence_enrollments": enrollments.iter().map(|e| serde_json::json!({
                 "sequence_id": e.sequence_id, "status": e.status, "step": e.step, "reason": e.reason,
             })).collect::<Vec<_>>(),
         });
+        let audit = Audit::grpc(&caller, "ExportSubject");
+        self.store.record_view(caller.tenant_id, &audit, "export", "contact", contact_id).await?;
         tracing::info!(tenant_id = %caller.tenant_id, %contact_id, records = count, "subject exported");
         Ok(Response::new(pb_common::ExportSubjectResponse {
             service: crate::SERVICE_NAME.into(),
@@ -904,7 +936,8 @@ impl CommsService for CommsGrpc {
             self.store.suppress(caller.tenant_id, &hash, "*", "erased").await?;
             suppressed = 1;
         }
-        let erased = self.store.erase_subject(caller.tenant_id, contact_id).await?;
+        let erased =
+            self.store.erase_subject(caller.tenant_id, contact_id, &Audit::grpc(&caller, "EraseSubject")).await?;
         tracing::info!(tenant_id = %caller.tenant_id, %contact_id, "subject erased");
         Ok(Response::new(pb_common::EraseSubjectResponse {
             service: crate::SERVICE_NAME.into(),
@@ -912,6 +945,7 @@ impl CommsService for CommsGrpc {
                 ("messages".to_string(), erased.deliveries),
                 ("calls".to_string(), erased.calls),
                 ("sequence_enrollments".to_string(), erased.enrollments),
+                ("message_contents".to_string(), erased.contents),
                 ("suppressions_added".to_string(), suppressed),
             ]),
         }))

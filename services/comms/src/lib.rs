@@ -8,6 +8,7 @@
 //!
 //! Comms keeps no address: the dispatcher reads it from the contacts service when it sends.
 
+pub mod audit;
 pub mod dispatch;
 pub mod entity;
 pub mod grpc;

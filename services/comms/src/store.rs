@@ -17,8 +17,12 @@ use sea_orm::{
 use uuid::Uuid;
 
 use carnet_kit::ServiceError;
+use carnet_kit::audit as audit_trail;
 use carnet_kit::db::{Db, now};
+use carnet_kit::keystore::{KeyStore, Opened, SubjectKey, is_encrypted, open_value, plain_value};
 
+use crate::SERVICE_NAME;
+use crate::audit::Audit;
 use crate::entity::{call, campaign, delivery, enrollment, sequence, suppression, template};
 
 /// Rows inserted per statement (SQLite allows 32,766 bound values; a delivery has 16 columns).
@@ -111,6 +115,53 @@ pub struct NewTemplate {
     pub purpose: String,
     pub subject: String,
     pub body: String,
+    /// The one contact it is written for (a single message's inline content): sealed with
+    /// their key.
+    pub subject_id_opt: Option<Uuid>,
+}
+
+/// The sealed content of a template written for one contact.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SealedContent {
+    subject: String,
+    body: String,
+}
+
+/// The associated data of a template's sealed content.
+pub fn template_aad(tenant_id: Uuid, id: Uuid) -> Vec<u8> {
+    let mut aad = b"carnet.comms.template:".to_vec();
+    aad.extend_from_slice(tenant_id.as_bytes());
+    aad.extend_from_slice(id.as_bytes());
+    aad
+}
+
+/// The associated data of a call's sealed notes.
+pub fn call_aad(tenant_id: Uuid, id: Uuid) -> Vec<u8> {
+    let mut aad = b"carnet.comms.call:".to_vec();
+    aad.extend_from_slice(tenant_id.as_bytes());
+    aad.extend_from_slice(id.as_bytes());
+    aad
+}
+
+fn seal_with(key_opt: Option<&SubjectKey>, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    match key_opt {
+        Some(key) => key.seal(aad, plaintext),
+        None => plain_value(plaintext),
+    }
+}
+
+fn key_err(e: carnet_kit::keystore::KeyError) -> ServiceError {
+    e.into()
+}
+
+/// The record type of a delivery of `origin` in the audit trail.
+fn record_type(origin: &str) -> &'static str {
+    match origin {
+        "consent_request" => "consent_request",
+        "campaign" => "campaign_message",
+        "sequence" => "sequence_message",
+        _ => "message",
+    }
 }
 
 /// One step of a sequence as stored in its `steps` JSON.
@@ -171,34 +222,89 @@ pub struct Erased {
     pub deliveries: u64,
     pub calls: u64,
     pub enrollments: u64,
+    /// Inline contents of single messages written for the person.
+    pub contents: u64,
 }
 
 #[derive(Clone, Debug)]
 pub struct CommsStore {
     db: Db,
+    keys: KeyStore,
 }
 
 impl CommsStore {
-    pub fn new(db: Db) -> Self {
-        CommsStore { db }
+    /// A store on `db` sealing what it keeps about a person with their key from `keys`.
+    pub fn new(db: Db, keys: KeyStore) -> Self {
+        CommsStore { db, keys }
     }
 
     pub fn db(&self) -> &Db {
         &self.db
     }
 
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
+    }
+
+    /// The key a person's values are sealed with on write (created on first use); none when
+    /// encryption is off.
+    async fn write_key(&self, tenant_id: Uuid, contact_id: Uuid) -> Result<Option<SubjectKey>, ServiceError> {
+        if !self.keys.encrypts() {
+            return Ok(None);
+        }
+        Ok(Some(self.keys.subject_key(tenant_id, contact_id).await.map_err(key_err)?))
+    }
+
     // ----- templates -----
 
-    fn template_row(tenant_id: Uuid, actor: &str, t: NewTemplate, at: DateTime<Utc>) -> template::ActiveModel {
-        template::ActiveModel {
+    async fn template_row(
+        &self,
+        tenant_id: Uuid,
+        actor: &str,
+        t: NewTemplate,
+        at: DateTime<Utc>,
+    ) -> Result<template::ActiveModel, ServiceError> {
+        let id = Uuid::now_v7();
+        let (subject, body, sealed) = match t.subject_id_opt {
+            Some(contact_id) => {
+                let key_opt = self.write_key(tenant_id, contact_id).await?;
+                let json = serde_json::to_vec(&SealedContent { subject: t.subject, body: t.body })
+                    .expect("template content serialises");
+                (String::new(), String::new(), Some(seal_with(key_opt.as_ref(), &template_aad(tenant_id, id), &json)))
+            }
+            None => (t.subject, t.body, None),
+        };
+        Ok(template::ActiveModel {
             tenant_id: Set(tenant_id),
-            id: Set(Uuid::now_v7()),
+            id: Set(id),
             name: Set(t.name),
             purpose: Set(t.purpose),
-            subject: Set(t.subject),
-            body: Set(t.body),
+            subject: Set(subject),
+            body: Set(body),
             created_by: Set(actor.to_string()),
             created_at: Set(at),
+            subject_id: Set(t.subject_id_opt),
+            sealed: Set(sealed),
+        })
+    }
+
+    /// Opens a template's sealed content; `None` when its contact's key is destroyed.
+    async fn open_template(&self, mut t: template::Model) -> Result<Option<template::Model>, ServiceError> {
+        let (Some(contact_id), Some(stored)) = (t.subject_id, t.sealed.take()) else { return Ok(Some(t)) };
+        match self
+            .keys
+            .open(t.tenant_id, contact_id, &template_aad(t.tenant_id, t.id), &stored)
+            .await
+            .map_err(key_err)?
+        {
+            Opened::Value(json) => {
+                let c: SealedContent = serde_json::from_slice(&json)
+                    .map_err(|_| ServiceError::internal("a sealed template is unreadable"))?;
+                t.subject = c.subject;
+                t.body = c.body;
+                Ok(Some(t))
+            }
+            Opened::Shredded => Ok(None),
         }
     }
 
@@ -208,20 +314,24 @@ impl CommsStore {
         actor: &str,
         t: NewTemplate,
     ) -> Result<template::Model, ServiceError> {
-        let row = Self::template_row(tenant_id, actor, t, now());
-        row.insert(&self.db.write).await.map_err(db_err)
+        let row = self.template_row(tenant_id, actor, t, now()).await?;
+        let model = row.insert(&self.db.write).await.map_err(db_err)?;
+        Ok(self.open_template(model).await?.expect("a template just written opens"))
     }
 
+    /// A template, its content opened (`not_found` when it was written for an erased person).
     pub async fn template(&self, tenant_id: Uuid, id: Uuid) -> Result<template::Model, ServiceError> {
-        template::Entity::find_by_id((tenant_id, id))
+        let model = template::Entity::find_by_id((tenant_id, id))
             .one(&self.db.read)
             .await
             .map_err(db_err)?
-            .ok_or_else(|| ServiceError::not_found("template", id))
+            .ok_or_else(|| ServiceError::not_found("template", id))?;
+        self.open_template(model).await?.ok_or_else(|| ServiceError::not_found("template", id))
     }
 
     /// Inserts `new` (an inline template) in `txn` and returns its id, or returns `existing`.
     async fn template_id<C: ConnectionTrait>(
+        &self,
         conn: &C,
         tenant_id: Uuid,
         actor: &str,
@@ -231,7 +341,7 @@ impl CommsStore {
         match t {
             TemplateRef::Existing(id) => Ok(id),
             TemplateRef::New(t) => {
-                let row = Self::template_row(tenant_id, actor, t, at);
+                let row = self.template_row(tenant_id, actor, t, at).await?;
                 let id = row.id.clone().unwrap();
                 template::Entity::insert(row).exec_without_returning(conn).await.map_err(db_err)?;
                 Ok(id)
@@ -242,18 +352,30 @@ impl CommsStore {
     // ----- single messages and consent requests -----
 
     /// Queues single deliveries (a message or consent requests), with the inline template when
-    /// there is one, in one transaction.
+    /// there is one, and a `send` audit entry per delivery, in one transaction.
     pub async fn queue(
         &self,
         tenant_id: Uuid,
-        actor: &str,
+        audit: &Audit,
         template_opt: Option<TemplateRef>,
         mut deliveries: Vec<NewDelivery>,
     ) -> Result<Vec<delivery::Model>, ServiceError> {
         let at = now();
+        let actor = audit.actor();
+        let template_row_opt = match template_opt {
+            Some(TemplateRef::New(t)) => Some(self.template_row(tenant_id, actor, t, at).await?),
+            Some(TemplateRef::Existing(id)) => {
+                for d in &mut deliveries {
+                    d.template_id = id;
+                }
+                None
+            }
+            None => None,
+        };
         let txn = self.db.begin_write().await.map_err(db_err)?;
-        if let Some(t) = template_opt {
-            let id = Self::template_id(&txn, tenant_id, actor, t, at).await?;
+        if let Some(row) = template_row_opt {
+            let id = row.id.clone().unwrap();
+            template::Entity::insert(row).exec_without_returning(&txn).await.map_err(db_err)?;
             for d in &mut deliveries {
                 d.template_id = id;
             }
@@ -261,7 +383,10 @@ impl CommsStore {
         let mut out = Vec::with_capacity(deliveries.len());
         for d in deliveries {
             let row = d.row(tenant_id, actor, at);
-            out.push(row.insert(&txn).await.map_err(db_err)?);
+            let model = row.insert(&txn).await.map_err(db_err)?;
+            let entry = audit.entry("send", record_type(&model.origin), model.id, Some(model.contact_id));
+            audit_trail::record(&txn, tenant_id, SERVICE_NAME, entry).await.map_err(db_err)?;
+            out.push(model);
         }
         txn.commit().await.map_err(db_err)?;
         Ok(out)
@@ -289,7 +414,7 @@ impl CommsStore {
     ) -> Result<campaign::Model, ServiceError> {
         let at = now();
         let txn = self.db.begin_write().await.map_err(db_err)?;
-        let template_id = Self::template_id(&txn, tenant_id, actor, template, at).await?;
+        let template_id = self.template_id(&txn, tenant_id, actor, template, at).await?;
         let row = campaign::ActiveModel {
             tenant_id: Set(tenant_id),
             id: Set(Uuid::now_v7()),
@@ -326,18 +451,27 @@ impl CommsStore {
             .map_err(db_err)
     }
 
-    /// Moves a draft campaign to `queuing`; returns false when it had already started.
-    pub async fn start_campaign(&self, tenant_id: Uuid, id: Uuid) -> Result<bool, ServiceError> {
+    /// Moves a draft campaign to `queuing`, with one `send` audit entry for all its recipients;
+    /// returns false when it had already started.
+    pub async fn start_campaign(&self, tenant_id: Uuid, id: Uuid, audit: &Audit) -> Result<bool, ServiceError> {
+        let txn = self.db.begin_write().await.map_err(db_err)?;
         let res = campaign::Entity::update_many()
             .col_expr(campaign::Column::Status, Expr::value("queuing"))
             .col_expr(campaign::Column::StartedAt, Expr::value(now()))
             .filter(campaign::Column::TenantId.eq(tenant_id))
             .filter(campaign::Column::Id.eq(id))
             .filter(campaign::Column::Status.eq("draft"))
-            .exec(&self.db.write)
+            .exec(&txn)
             .await
             .map_err(db_err)?;
-        Ok(res.rows_affected == 1)
+        if res.rows_affected != 1 {
+            return Ok(false);
+        }
+        audit_trail::record(&txn, tenant_id, SERVICE_NAME, audit.entry("send", "campaign", id, None))
+            .await
+            .map_err(db_err)?;
+        txn.commit().await.map_err(db_err)?;
+        Ok(true)
     }
 
     /// Campaigns whose audience is still being queued (after a restart too).
@@ -457,7 +591,7 @@ impl CommsStore {
         let txn = self.db.begin_write().await.map_err(db_err)?;
         let mut defs = Vec::with_capacity(steps.len());
         for (delay_seconds, t) in steps {
-            defs.push(StepDef { delay_seconds, template_id: Self::template_id(&txn, tenant_id, actor, t, at).await? });
+            defs.push(StepDef { delay_seconds, template_id: self.template_id(&txn, tenant_id, actor, t, at).await? });
         }
         let row = sequence::ActiveModel {
             tenant_id: Set(tenant_id),
@@ -495,14 +629,16 @@ impl CommsStore {
             .map_err(db_err)
     }
 
-    /// Enrols contacts (those already enrolled are left as they are) and queues their first step.
+    /// Enrols contacts (those already enrolled are left as they are) and queues their first step,
+    /// with one `enroll` audit entry for all of them.
     pub async fn enroll(
         &self,
         tenant_id: Uuid,
-        actor: &str,
+        audit: &Audit,
         seq: &sequence::Model,
         contact_ids: &[Uuid],
     ) -> Result<u64, ServiceError> {
+        let actor = audit.actor();
         let steps: Vec<StepDef> =
             serde_json::from_value(seq.steps.clone()).map_err(|_| ServiceError::internal("bad steps"))?;
         let first = steps.first().ok_or_else(|| ServiceError::internal("sequence without steps"))?;
@@ -553,6 +689,11 @@ impl CommsStore {
                 })
                 .collect();
             Self::insert_deliveries_in(&txn, tenant_id, actor, deliveries, at).await?;
+        }
+        if enrolled > 0 {
+            audit_trail::record(&txn, tenant_id, SERVICE_NAME, audit.entry("enroll", "sequence", seq.id, None))
+                .await
+                .map_err(db_err)?;
         }
         txn.commit().await.map_err(db_err)?;
         Ok(enrolled)
@@ -777,17 +918,43 @@ impl CommsStore {
         Ok(())
     }
 
-    /// Templates by id (the dispatcher's cache fills from this).
+    /// Templates by id, their contents opened (those written for an erased person are left out).
     pub async fn templates(&self, tenant_id: Uuid, ids: &[Uuid]) -> Result<Vec<template::Model>, ServiceError> {
-        template::Entity::find()
+        let rows = template::Entity::find()
             .filter(template::Column::TenantId.eq(tenant_id))
             .filter(template::Column::Id.is_in(ids.iter().copied()))
             .all(&self.db.read)
             .await
-            .map_err(db_err)
+            .map_err(db_err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.extend(self.open_template(row).await?);
+        }
+        Ok(out)
     }
 
     // ----- suppression list -----
+
+    /// Adds `hash` for `purpose` on a person's request or an operator's (`suppress` in the audit
+    /// trail, about `subject_opt`); returns true when it was already there.
+    pub async fn suppress_audited(
+        &self,
+        tenant_id: Uuid,
+        hash: &str,
+        purpose: &str,
+        reason: &str,
+        audit: &Audit,
+        subject_opt: Option<Uuid>,
+    ) -> Result<bool, ServiceError> {
+        let already = self.suppress(tenant_id, hash, purpose, reason).await?;
+        if !already {
+            // The record is the keyed hash (never the address); its first 16 digits name it.
+            let record_id: String = hash.chars().take(16).collect();
+            let entry = audit.entry("suppress", "suppression", record_id, subject_opt).fields([purpose]);
+            audit_trail::record(&self.db.write, tenant_id, SERVICE_NAME, entry).await.map_err(db_err)?;
+        }
+        Ok(already)
+    }
 
     /// Adds `hash` for `purpose` (`*`: every purpose); returns true when it was already there.
     pub async fn suppress(
@@ -863,24 +1030,45 @@ impl CommsStore {
 
     // ----- calls -----
 
-    pub async fn log_call(&self, tenant_id: Uuid, actor: &str, c: NewCall) -> Result<call::Model, ServiceError> {
+    /// Logs a call, its notes sealed with the contact's key, with its `call` audit entry.
+    pub async fn log_call(&self, tenant_id: Uuid, audit: &Audit, c: NewCall) -> Result<call::Model, ServiceError> {
         let at = now();
+        let id = Uuid::now_v7();
+        let sealed_notes = match &c.notes_opt {
+            Some(notes) => {
+                let key_opt = self.write_key(tenant_id, c.contact_id).await?;
+                Some(seal_with(key_opt.as_ref(), &call_aad(tenant_id, id), notes.as_bytes()))
+            }
+            None => None,
+        };
+        let mut fields = vec!["direction", "started_at", "duration_seconds", "outcome"];
+        if c.notes_opt.is_some() {
+            fields.push("notes");
+        }
+        if c.recording {
+            fields.push("recording");
+        }
         let row = call::ActiveModel {
             tenant_id: Set(tenant_id),
-            id: Set(Uuid::now_v7()),
+            id: Set(id),
             contact_id: Set(c.contact_id),
             direction: Set(c.direction),
             started_at: Set(c.started_at),
             duration_seconds: Set(c.duration_seconds as i64),
             outcome: Set(c.outcome),
-            notes: Set(c.notes_opt),
+            sealed_notes: Set(sealed_notes),
             recording: Set(c.recording),
             recording_consent_id: Set(c.recording_consent_id_opt),
-            created_by: Set(actor.to_string()),
+            created_by: Set(audit.actor().to_string()),
             created_at: Set(at),
             updated_at: Set(at),
         };
-        row.insert(&self.db.write).await.map_err(db_err)
+        let txn = self.db.begin_write().await.map_err(db_err)?;
+        let model = row.insert(&txn).await.map_err(db_err)?;
+        let entry = audit.entry("call", "call", id, Some(model.contact_id)).fields(fields);
+        audit_trail::record(&txn, tenant_id, SERVICE_NAME, entry).await.map_err(db_err)?;
+        txn.commit().await.map_err(db_err)?;
+        Ok(model)
     }
 
     pub async fn call(&self, tenant_id: Uuid, id: Uuid) -> Result<call::Model, ServiceError> {
@@ -891,14 +1079,71 @@ impl CommsStore {
             .ok_or_else(|| ServiceError::not_found("call", id))
     }
 
-    pub async fn update_call(&self, model: call::Model) -> Result<call::Model, ServiceError> {
+    /// A call's notes, opened with `key_opt` (the contact's key); none when it is destroyed.
+    pub fn open_notes(&self, key_opt: Option<&SubjectKey>, c: &call::Model) -> Result<Option<String>, ServiceError> {
+        let Some(stored) = &c.sealed_notes else { return Ok(None) };
+        match open_value(key_opt, &call_aad(c.tenant_id, c.id), stored).map_err(key_err)? {
+            Opened::Value(text) => {
+                String::from_utf8(text).map(Some).map_err(|_| ServiceError::internal("sealed notes are unreadable"))
+            }
+            Opened::Shredded => Ok(None),
+        }
+    }
+
+    /// A call's notes (none when there are none, or the contact's key is destroyed).
+    pub async fn notes(&self, c: &call::Model) -> Result<Option<String>, ServiceError> {
+        let key_opt = match &c.sealed_notes {
+            Some(stored) if is_encrypted(stored) => {
+                self.keys.find_subject_key(c.tenant_id, c.contact_id).await.map_err(key_err)?
+            }
+            _ => None,
+        };
+        self.open_notes(key_opt.as_ref(), c)
+    }
+
+    /// Saves a call's outcome and recording state, and its notes when `notes_opt` says (`Some(None)`
+    /// clears them), with an `update` audit entry naming `changed`.
+    pub async fn update_call(
+        &self,
+        model: call::Model,
+        notes_opt: Option<Option<String>>,
+        audit: &Audit,
+        changed: Vec<&'static str>,
+    ) -> Result<call::Model, ServiceError> {
         let mut row: call::ActiveModel = model.clone().into();
         row.recording = Set(model.recording);
         row.recording_consent_id = Set(model.recording_consent_id);
         row.outcome = Set(model.outcome);
-        row.notes = Set(model.notes);
+        if let Some(notes) = notes_opt {
+            let sealed = match notes {
+                Some(text) => {
+                    let key_opt = self.write_key(model.tenant_id, model.contact_id).await?;
+                    Some(seal_with(key_opt.as_ref(), &call_aad(model.tenant_id, model.id), text.as_bytes()))
+                }
+                None => None,
+            };
+            row.sealed_notes = Set(sealed);
+        }
         row.updated_at = Set(now());
-        row.update(&self.db.write).await.map_err(db_err)
+        let txn = self.db.begin_write().await.map_err(db_err)?;
+        let updated = row.update(&txn).await.map_err(db_err)?;
+        let entry = audit.entry("update", "call", model.id, Some(model.contact_id)).fields(changed);
+        audit_trail::record(&txn, model.tenant_id, SERVICE_NAME, entry).await.map_err(db_err)?;
+        txn.commit().await.map_err(db_err)?;
+        Ok(updated)
+    }
+
+    /// Records a read of a contact's records by a person (`view` of `record_type`).
+    pub async fn record_view(
+        &self,
+        tenant_id: Uuid,
+        audit: &Audit,
+        action: &'static str,
+        record_type: &'static str,
+        contact_id: Uuid,
+    ) -> Result<(), ServiceError> {
+        let entry = audit.entry(action, record_type, contact_id, Some(contact_id));
+        audit_trail::record(&self.db.write, tenant_id, SERVICE_NAME, entry).await.map_err(db_err)
     }
 
     // ----- one subject -----
@@ -948,9 +1193,15 @@ impl CommsStore {
             .map_err(db_err)
     }
 
-    /// Removes everything comms holds about one contact, in one transaction.
-    pub async fn erase_subject(&self, tenant_id: Uuid, contact_id: Uuid) -> Result<Erased, ServiceError> {
-        self.erase(tenant_id, contact_id, None).await
+    /// Removes everything comms holds about one contact, and destroys the contact's key, in one
+    /// transaction.
+    pub async fn erase_subject(
+        &self,
+        tenant_id: Uuid,
+        contact_id: Uuid,
+        audit: &Audit,
+    ) -> Result<Erased, ServiceError> {
+        self.erase(tenant_id, contact_id, None, audit).await
     }
 
     /// The same for a DSAR request, with `erasure.confirmed` written in the same transaction.
@@ -960,7 +1211,7 @@ impl CommsStore {
         contact_id: Uuid,
         request_id: &str,
     ) -> Result<Erased, ServiceError> {
-        self.erase(tenant_id, contact_id, Some(request_id)).await
+        self.erase(tenant_id, contact_id, Some(request_id), &Audit::bus(tenant_id, request_id)).await
     }
 
     async fn erase(
@@ -968,6 +1219,7 @@ impl CommsStore {
         tenant_id: Uuid,
         contact_id: Uuid,
         request_opt: Option<&str>,
+        audit: &Audit,
     ) -> Result<Erased, ServiceError> {
         let txn = self.db.begin_write().await.map_err(db_err)?;
         let deliveries = delivery::Entity::delete_many()
@@ -991,13 +1243,30 @@ impl CommsStore {
             .await
             .map_err(db_err)?
             .rows_affected;
+        let contents = template::Entity::delete_many()
+            .filter(template::Column::TenantId.eq(tenant_id))
+            .filter(template::Column::SubjectId.eq(contact_id))
+            .exec(&txn)
+            .await
+            .map_err(db_err)?
+            .rows_affected;
         if let Some(request_id) = request_opt {
-            let removed = [("messages", deliveries), ("calls", calls), ("sequence_enrollments", enrollments)];
+            let removed = [
+                ("messages", deliveries),
+                ("calls", calls),
+                ("sequence_enrollments", enrollments),
+                ("message_contents", contents),
+            ];
             let event = carnet_kit::outbox::confirmation(crate::SERVICE_NAME, request_id, contact_id, &removed);
             carnet_kit::outbox::enqueue(&txn, tenant_id, event).await.map_err(db_err)?;
         }
+        let entry = audit.entry("erase", "contact", contact_id, Some(contact_id));
+        audit_trail::record(&txn, tenant_id, SERVICE_NAME, entry).await.map_err(db_err)?;
+        // The key goes before the commit: a confirmed erasure always left no key (idempotent:
+        // contacts destroys the same one). A failure here rolls the erasure back for a retry.
+        self.keys.destroy(tenant_id, contact_id).await.map_err(key_err)?;
         txn.commit().await.map_err(db_err)?;
-        Ok(Erased { deliveries, calls, enrollments })
+        Ok(Erased { deliveries, calls, enrollments, contents })
     }
 
     /// How many deliveries are queued or being sent (for progress and tests).

@@ -7,6 +7,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use carnet_kit::audit::Entry;
 use carnet_kit::grpc::{from_timestamp, parse_id, to_timestamp};
 use carnet_kit::{Caller, CallerSigner, ErrorCode, MeshKey, Permission, ServiceError};
 use carnet_proto::common::v1 as pb_common;
@@ -188,6 +189,11 @@ impl ConsentGrpc {
     }
 }
 
+/// Who calls, through which method: the common part of the call's audit entries.
+fn stamp(caller: &Caller, method: &str) -> Entry {
+    Entry::new(caller, "", "", "", &format!("carnet.consent.v1.ConsentService/{method}"))
+}
+
 fn caller<T>(request: &Request<T>, permissions: &[Permission]) -> Result<Caller, Status> {
     let caller = Caller::of(request)?;
     caller.require_any(permissions)?;
@@ -332,7 +338,14 @@ impl ConsentService for ConsentGrpc {
         })?;
         let purpose = self
             .store
-            .create_purpose(caller.tenant_id, &caller.principal, &req.key, &req.description, basis, &req.notice)
+            .create_purpose(
+                caller.tenant_id,
+                &stamp(&caller, "CreatePurpose"),
+                &req.key,
+                &req.description,
+                basis,
+                &req.notice,
+            )
             .await?;
         tracing::info!(tenant_id = %caller.tenant_id, purpose = %purpose.key, "purpose created");
         Ok(Response::new(purpose_to_proto(purpose)))
@@ -356,7 +369,8 @@ impl ConsentService for ConsentGrpc {
     async fn update_notice(&self, request: Request<pb::UpdateNoticeRequest>) -> Result<Response<pb::Purpose>, Status> {
         let caller = caller(&request, &[Permission::ConsentManage])?;
         let req = request.into_inner();
-        let purpose = self.store.update_notice(caller.tenant_id, &caller.principal, &req.key, &req.notice).await?;
+        let purpose =
+            self.store.update_notice(caller.tenant_id, &stamp(&caller, "UpdateNotice"), &req.key, &req.notice).await?;
         tracing::info!(tenant_id = %caller.tenant_id, purpose = %purpose.key, version = purpose.current_version, "notice updated");
         Ok(Response::new(purpose_to_proto(purpose)))
     }
@@ -406,7 +420,8 @@ impl ConsentService for ConsentGrpc {
             require_confirmation: req.require_confirmation,
             expected_record_opt: None,
         };
-        let record = self.store.record(caller.tenant_id, &caller.principal, input).await?;
+        let record =
+            self.store.record(caller.tenant_id, &caller.principal, input, &stamp(&caller, "RecordConsent")).await?;
         tracing::info!(tenant_id = %caller.tenant_id, contact_id = %contact_id, purpose = %record.purpose, status = record.status.as_str(), "consent recorded");
         Ok(Response::new(record_to_proto(record)))
     }
@@ -495,6 +510,8 @@ impl ConsentService for ConsentGrpc {
             return Err(ServiceError::invalid_field("token", "is not a valid link").into());
         }
         let purpose = self.store.purpose(claims.tenant_id, &claims.purpose).await?;
+        // The person acts through their link (`public:link`): the ledger says `subject:link`.
+        let stamp = stamp(&caller, "RedeemLink");
         let ip_opt = Some(req.ip).filter(|i| !i.is_empty());
         let ua_opt = Some(req.user_agent).filter(|u| !u.is_empty());
         let (action, status, already_done) = match claims.kind {
@@ -503,7 +520,7 @@ impl ConsentService for ConsentGrpc {
                     claims.record_id_opt.ok_or_else(|| ServiceError::invalid_field("token", "is malformed"))?;
                 let (status, done) = self
                     .store
-                    .confirm(claims.tenant_id, claims.contact_id, &claims.purpose, record_id, ip_opt, ua_opt)
+                    .confirm(claims.tenant_id, claims.contact_id, &claims.purpose, record_id, ip_opt, ua_opt, &stamp)
                     .await?;
                 (pb::ConsentAction::Grant, status, done)
             }
@@ -527,7 +544,7 @@ impl ConsentService for ConsentGrpc {
                         require_confirmation: false,
                         expected_record_opt: None,
                     };
-                    let record = self.store.record(claims.tenant_id, "subject:link", input).await?;
+                    let record = self.store.record(claims.tenant_id, "subject:link", input, &stamp).await?;
                     (pb::ConsentAction::Grant, record.status, false)
                 }
             }
@@ -551,7 +568,7 @@ impl ConsentService for ConsentGrpc {
                         require_confirmation: false,
                         expected_record_opt: None,
                     };
-                    let record = self.store.record(claims.tenant_id, "subject:link", input).await?;
+                    let record = self.store.record(claims.tenant_id, "subject:link", input, &stamp).await?;
                     (pb::ConsentAction::Withdraw, record.status, false)
                 }
             }
@@ -589,8 +606,10 @@ impl ConsentService for ConsentGrpc {
                 return Err(ServiceError::invalid_field(format!("fields[{i}]"), "is listed twice").into());
             }
         }
-        let def =
-            self.store.create_form(caller.tenant_id, &caller.principal, &req.name, req.fields, req.consents).await?;
+        let def = self
+            .store
+            .create_form(caller.tenant_id, &stamp(&caller, "CreateForm"), &req.name, req.fields, req.consents)
+            .await?;
         tracing::info!(tenant_id = %caller.tenant_id, form_id = %def.id, "form created");
         Ok(Response::new(self.form_view(caller.tenant_id, def).await?))
     }

@@ -1,6 +1,8 @@
 //! The consent store: purposes and notice versions, the append-only ledger, and the current
 //! state per contact and purpose, updated in the same transaction as each ledger row (with the
-//! `consent.changed` event in the outbox).
+//! `consent.changed` event in the outbox). Every change also writes its audit entry
+//! (`audit.recorded`, docs/audit.md) in its transaction, from the `stamp` of who did it through
+//! which API.
 
 use std::collections::HashMap;
 
@@ -10,6 +12,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Que
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use carnet_kit::audit::{self, Entry};
 use carnet_kit::db::Db;
 use carnet_kit::{ErrorCode, ServiceError, outbox};
 use carnet_proto::events::v1::{ConsentChanged, event::Payload};
@@ -42,6 +45,20 @@ const STATE_CHUNK: usize = 10_000;
 fn db_err(err: DbErr) -> ServiceError {
     tracing::error!(error = %err, "consent database error");
     ServiceError::internal("database error")
+}
+
+/// Writes the audit entry of `action` on a record, from the `stamp` of the call.
+async fn audited<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: Uuid,
+    stamp: &Entry,
+    action: &'static str,
+    record_type: &'static str,
+    record_id: impl ToString,
+    edit: impl FnOnce(Entry) -> Entry,
+) -> Result<(), ServiceError> {
+    let entry = edit(Entry { action, record_type, record_id: record_id.to_string(), ..stamp.clone() });
+    audit::record(conn, tenant_id, crate::SERVICE_NAME, entry).await.map_err(db_err)
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -90,7 +107,7 @@ impl ConsentStore {
     pub async fn create_purpose(
         &self,
         tenant_id: Uuid,
-        actor: &str,
+        stamp: &Entry,
         key: &str,
         description: &str,
         basis: LawfulBasis,
@@ -124,7 +141,8 @@ impl ConsentStore {
         .exec_without_returning(&txn)
         .await
         .map_err(db_err)?;
-        insert_notice(&txn, tenant_id, key, 1, &notice, actor).await?;
+        insert_notice(&txn, tenant_id, key, 1, &notice, &stamp.actor).await?;
+        audited(&txn, tenant_id, stamp, "create", "purpose", key, |e| e.fields(["notice"])).await?;
         txn.commit().await.map_err(db_err)?;
         self.purpose(tenant_id, key).await
     }
@@ -133,7 +151,7 @@ impl ConsentStore {
     pub async fn update_notice(
         &self,
         tenant_id: Uuid,
-        actor: &str,
+        stamp: &Entry,
         key: &str,
         notice: &str,
     ) -> Result<Purpose, ServiceError> {
@@ -143,10 +161,11 @@ impl ConsentStore {
         let current = load_notice(&txn, tenant_id, key, row.current_version).await?;
         if current.sha256 != sha256_hex(&notice) {
             let version = row.current_version + 1;
-            insert_notice(&txn, tenant_id, key, version, &notice, actor).await?;
+            insert_notice(&txn, tenant_id, key, version, &notice, &stamp.actor).await?;
             let mut model: purpose::ActiveModel = row.into();
             model.current_version = Set(version);
             sea_orm::ActiveModelTrait::update(model, &txn).await.map_err(db_err)?;
+            audited(&txn, tenant_id, stamp, "update", "purpose", key, |e| e.fields(["notice"])).await?;
         }
         txn.commit().await.map_err(db_err)?;
         self.purpose(tenant_id, key).await
@@ -182,8 +201,15 @@ impl ConsentStore {
     }
 
     /// Appends a grant or withdrawal to the ledger and updates the current state. The caller has
-    /// checked that the contact exists.
-    pub async fn record(&self, tenant_id: Uuid, actor: &str, input: RecordInput) -> Result<Record, ServiceError> {
+    /// checked that the contact exists. `actor` is who the ledger names (`subject:link` for the
+    /// person's own links); `stamp` the caller of the API, for the audit trail.
+    pub async fn record(
+        &self,
+        tenant_id: Uuid,
+        actor: &str,
+        input: RecordInput,
+        stamp: &Entry,
+    ) -> Result<Record, ServiceError> {
         let txn = self.db.begin_write().await.map_err(db_err)?;
         let purpose_row = find_purpose(&txn, tenant_id, &input.purpose)
             .await?
@@ -290,6 +316,8 @@ impl ConsentStore {
             record_id: row.id.to_string(),
         };
         outbox::enqueue(&txn, tenant_id, Payload::ConsentChanged(event)).await.map_err(db_err)?;
+        let contact_id = input.contact_id;
+        audited(&txn, tenant_id, stamp, input.action.as_str(), "consent", row.id, |e| e.subject(contact_id)).await?;
         txn.commit().await.map_err(db_err)?;
         to_record(row)
     }
@@ -313,6 +341,7 @@ impl ConsentStore {
     /// Confirms the pending grant `record_id` (double opt-in): appends a granted record with the
     /// same notice version, source `email_optin`. Returns `(state, already_done)`; a pending
     /// grant that was since replaced (withdrawn, granted again) can no longer be confirmed.
+    #[allow(clippy::too_many_arguments)]
     pub async fn confirm(
         &self,
         tenant_id: Uuid,
@@ -321,6 +350,7 @@ impl ConsentStore {
         record_id: Uuid,
         ip_opt: Option<String>,
         user_agent_opt: Option<String>,
+        stamp: &Entry,
     ) -> Result<(Status, bool), ServiceError> {
         let current = find_state(&self.db.read, tenant_id, contact_id, key).await?;
         let Some(current) = current else {
@@ -359,7 +389,7 @@ impl ConsentStore {
             require_confirmation: false,
             expected_record_opt: Some(record_id),
         };
-        let record = self.record(tenant_id, "subject:link", input).await?;
+        let record = self.record(tenant_id, "subject:link", input, stamp).await?;
         Ok((record.status, false))
     }
 
@@ -368,7 +398,7 @@ impl ConsentStore {
     pub async fn create_form(
         &self,
         tenant_id: Uuid,
-        actor: &str,
+        stamp: &Entry,
         name: &str,
         fields: Vec<String>,
         consents: Vec<String>,
@@ -394,13 +424,16 @@ impl ConsentStore {
             name: name.to_string(),
             fields: serde_json::json!(fields),
             consents: serde_json::json!(consents),
-            created_by: actor.to_string(),
+            created_by: stamp.actor.clone(),
             created_at: carnet_kit::db::now(),
         };
+        let txn = self.db.begin_write().await.map_err(db_err)?;
         form::Entity::insert(sea_orm::IntoActiveModel::into_active_model(row.clone()))
-            .exec_without_returning(&self.db.write)
+            .exec_without_returning(&txn)
             .await
             .map_err(db_err)?;
+        audited(&txn, tenant_id, stamp, "create", "form", row.id, |e| e.fields(fields.iter().cloned())).await?;
+        txn.commit().await.map_err(db_err)?;
         Ok(FormDef { id: row.id, name: row.name, fields, consents, created_at: row.created_at })
     }
 

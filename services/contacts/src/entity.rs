@@ -9,12 +9,12 @@ pub mod contact {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: Uuid,
         pub tenant_id: Uuid,
-        pub email: Option<String>,
-        pub first_name: Option<String>,
-        pub last_name: Option<String>,
-        pub phone: Option<String>,
-        #[sea_orm(column_type = "JsonBinary")]
-        pub fields: Json,
+        /// The personal values ([`crate::sealed::Personal`] as JSON), sealed with the person's
+        /// key from the key store (or plain when `keys.encrypt` is off); see `carnet_kit::keystore`.
+        pub personal: Option<Vec<u8>>,
+        /// Blind indexes (keyed hashes) of the normalised e-mail and phone: unique per tenant.
+        pub email_index: Option<String>,
+        pub phone_index: Option<String>,
         /// `{key: Source}` of values written with a named source after creation.
         #[sea_orm(column_type = "JsonBinary")]
         pub field_sources: Json,
@@ -23,10 +23,8 @@ pub mod contact {
         pub source_actor: String,
         pub source_collected_at: DateTimeUtc,
         pub restricted: bool,
-        pub restriction_reason: Option<String>,
         pub restricted_at: Option<DateTimeUtc>,
         pub objected: bool,
-        pub objection_reason: Option<String>,
         pub objected_at: Option<DateTimeUtc>,
         pub version: i64,
         pub created_at: DateTimeUtc,
@@ -53,7 +51,8 @@ pub mod contact_change {
         #[sea_orm(column_type = "JsonBinary")]
         pub fields: Json,
         pub actor: String,
-        pub reason: Option<String>,
+        /// The reason given, sealed like the contact's values (the change id as associated data).
+        pub sealed_reason: Option<Vec<u8>>,
         pub related_contact_id: Option<Uuid>,
         #[sea_orm(column_type = "JsonBinary", nullable)]
         pub source: Option<Json>,
@@ -100,6 +99,27 @@ pub mod tombstone {
         pub field: String,
         pub request_id: String,
         pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod contact_token {
+    use sea_orm::entity::prelude::*;
+
+    /// One blind-indexed token of a contact's first or last name, for exact name search.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "contact_tokens")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub hash: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub contact_id: Uuid,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -9,6 +9,7 @@ use carnet_proto::common::v1 as pb_common;
 use carnet_proto::contacts::v1 as pb;
 use carnet_proto::contacts::v1::contacts_service_server::ContactsService;
 
+use crate::audit::Audit;
 use crate::convert;
 use crate::domain::{ContactInput, ContactPatch, FlagKind};
 use crate::store::ContactStore;
@@ -46,7 +47,8 @@ impl ContactsService for ContactsGrpc {
         let source = convert::source_from_proto(req.source.take(), &caller.principal)?;
         let input = convert::input_from_create(&mut req)?;
         let override_opt = Some(std::mem::take(&mut req.erasure_override_reason)).filter(|r| !r.trim().is_empty());
-        let contact = self.store.create_with(caller.tenant_id, input, source, override_opt).await?;
+        let audit = Audit::grpc(&caller, "CreateContact");
+        let contact = self.store.create_with(caller.tenant_id, input, source, override_opt, &audit).await?;
         tracing::info!(tenant_id = %caller.tenant_id, contact_id = %contact.id, "contact created");
         Ok(Response::new(convert::contact_to_proto(contact)))
     }
@@ -54,7 +56,7 @@ impl ContactsService for ContactsGrpc {
     async fn get_contact(&self, request: Request<pb::GetContactRequest>) -> Result<Response<pb::Contact>, Status> {
         let caller = caller(&request, Permission::ContactsRead)?;
         let id = parse_id("id", &request.get_ref().id)?;
-        let contact = self.store.get(caller.tenant_id, id).await?;
+        let contact = self.store.get(caller.tenant_id, id, &Audit::grpc(&caller, "GetContact")).await?;
         Ok(Response::new(convert::contact_to_proto(contact)))
     }
 
@@ -81,7 +83,7 @@ impl ContactsService for ContactsGrpc {
                 None => None,
             },
         };
-        let contact = self.store.update(caller.tenant_id, id, &caller.principal, patch).await?;
+        let contact = self.store.update(caller.tenant_id, id, &Audit::grpc(&caller, "UpdateContact"), patch).await?;
         tracing::info!(tenant_id = %caller.tenant_id, contact_id = %id, "contact rectified");
         Ok(Response::new(convert::contact_to_proto(contact)))
     }
@@ -92,7 +94,7 @@ impl ContactsService for ContactsGrpc {
     ) -> Result<Response<pb::DeleteContactResponse>, Status> {
         let caller = caller(&request, Permission::ContactsDelete)?;
         let id = parse_id("id", &request.get_ref().id)?;
-        self.store.delete(caller.tenant_id, id).await?;
+        self.store.delete(caller.tenant_id, id, &Audit::grpc(&caller, "DeleteContact")).await?;
         tracing::info!(tenant_id = %caller.tenant_id, contact_id = %id, "contact deleted");
         Ok(Response::new(pb::DeleteContactResponse {}))
     }
@@ -103,7 +105,8 @@ impl ContactsService for ContactsGrpc {
     ) -> Result<Response<pb::ListContactsResponse>, Status> {
         let caller = caller(&request, Permission::ContactsRead)?;
         let req = request.into_inner();
-        let page = self.store.list(caller.tenant_id, &req.query, req.limit, &req.cursor).await?;
+        let audit = Audit::grpc(&caller, "ListContacts");
+        let page = self.store.list(caller.tenant_id, &req.query, req.limit, &req.cursor, &audit).await?;
         Ok(Response::new(pb::ListContactsResponse {
             contacts: page.contacts.into_iter().map(convert::contact_to_proto).collect(),
             next_cursor: page.next_cursor_opt.unwrap_or_default(),
@@ -118,7 +121,8 @@ impl ContactsService for ContactsGrpc {
         let req = request.get_ref();
         let id = parse_id("id", &req.id)?;
         let other_id = parse_id("other_id", &req.other_id)?;
-        let contact = self.store.merge(caller.tenant_id, id, other_id, &caller.principal).await?;
+        let audit = Audit::grpc(&caller, "MergeContacts");
+        let contact = self.store.merge(caller.tenant_id, id, other_id, &audit).await?;
         tracing::info!(tenant_id = %caller.tenant_id, contact_id = %id, merged_id = %other_id, "contacts merged");
         Ok(Response::new(convert::contact_to_proto(contact)))
     }
@@ -129,7 +133,7 @@ impl ContactsService for ContactsGrpc {
     ) -> Result<Response<pb::GetContactHistoryResponse>, Status> {
         let caller = caller(&request, Permission::ContactsRead)?;
         let id = parse_id("id", &request.get_ref().id)?;
-        let changes = self.store.history(caller.tenant_id, id).await?;
+        let changes = self.store.history(caller.tenant_id, id, &Audit::grpc(&caller, "GetContactHistory")).await?;
         Ok(Response::new(pb::GetContactHistoryResponse {
             changes: changes.into_iter().map(convert::change_to_proto).collect(),
         }))
@@ -150,7 +154,8 @@ impl ContactsService for ContactsGrpc {
     ) -> Result<Response<pb::FieldPolicy>, Status> {
         let caller = caller(&request, Permission::PolicyManage)?;
         let fields = convert::definitions_from_proto(request.into_inner().fields)?;
-        let policy = self.store.set_field_policy(caller.tenant_id, &caller.principal, fields).await?;
+        let audit = Audit::grpc(&caller, "SetFieldPolicy");
+        let policy = self.store.set_field_policy(caller.tenant_id, &audit, fields).await?;
         tracing::info!(tenant_id = %caller.tenant_id, version = policy.version, "field policy set");
         Ok(Response::new(convert::policy_to_proto(policy)))
     }
@@ -180,7 +185,7 @@ impl ContactsService for ContactsGrpc {
             .enumerate()
             .map(|(i, id)| parse_id(&format!("ids[{i}]"), id))
             .collect::<Result<Vec<_>, _>>()?;
-        let contacts = self.store.get_many(caller.tenant_id, &ids).await?;
+        let contacts = self.store.get_many(caller.tenant_id, &ids, &Audit::grpc(&caller, "BatchGetContacts")).await?;
         Ok(Response::new(pb::BatchGetContactsResponse {
             contacts: contacts.into_iter().map(convert::contact_to_proto).collect(),
         }))
@@ -224,7 +229,8 @@ impl ContactsService for ContactsGrpc {
         let caller = Caller::of(&request)?;
         caller.require_any(&[Permission::ContactsExport, Permission::DsarManage])?;
         let id = parse_id("subject_id", &request.get_ref().subject_id)?;
-        let (doc, count) = self.store.export_subject(caller.tenant_id, id).await?;
+        let (doc, count) =
+            self.store.export_subject(caller.tenant_id, id, &Audit::grpc(&caller, "ExportSubject")).await?;
         tracing::info!(tenant_id = %caller.tenant_id, contact_id = %id, records = count, "subject exported");
         Ok(Response::new(pb_common::ExportSubjectResponse {
             service: crate::SERVICE_NAME.to_string(),
@@ -241,7 +247,8 @@ impl ContactsService for ContactsGrpc {
         let caller = caller(&request, Permission::DsarManage)?;
         let req = request.get_ref();
         let id = parse_id("subject_id", &req.subject_id)?;
-        let erased = self.store.erase_subject(caller.tenant_id, id, &req.request_id).await?;
+        let audit = Audit::grpc(&caller, "EraseSubject");
+        let erased = self.store.erase_subject(caller.tenant_id, id, &req.request_id, &audit).await?;
         tracing::info!(tenant_id = %caller.tenant_id, contact_id = %id, contacts = erased.contacts, changes = erased.contact_changes, "subject erased");
         Ok(Response::new(pb_common::EraseSubjectResponse {
             service: crate::SERVICE_NAME.to_string(),
@@ -263,10 +270,13 @@ impl ContactsGrpc {
         let caller = caller(&request, Permission::ContactsWrite)?;
         let req = request.into_inner();
         let id = parse_id("id", &req.id)?;
-        let contact = self
-            .store
-            .set_flag(caller.tenant_id, id, &caller.principal, kind, req.active, reason_opt(req.reason))
-            .await?;
+        let method = match kind {
+            FlagKind::Restriction => "SetRestriction",
+            FlagKind::Objection => "SetObjection",
+        };
+        let audit = Audit::grpc(&caller, method);
+        let contact =
+            self.store.set_flag(caller.tenant_id, id, &audit, kind, req.active, reason_opt(req.reason)).await?;
         tracing::info!(tenant_id = %caller.tenant_id, contact_id = %id, ?kind, active = req.active, "contact flag set");
         Ok(Response::new(convert::contact_to_proto(contact)))
     }

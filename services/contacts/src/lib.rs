@@ -4,11 +4,15 @@
 //! history and the restriction (Art. 18) and objection (Art. 21) flags. Emits
 //! `contact.upserted`, `contact.merged` and `contact.erased` through its outbox.
 
+pub mod audit;
 pub mod batch;
 pub mod convert;
 pub mod domain;
 pub mod entity;
 pub mod grpc;
+pub mod rows;
+pub mod sealed;
+pub mod search;
 pub mod store;
 pub mod validate;
 
@@ -16,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use carnet_kit::config::{ConfigError, Validate};
 
+pub use audit::Audit;
 pub use grpc::ContactsGrpc;
 pub use store::ContactStore;
 

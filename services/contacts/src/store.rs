@@ -1,72 +1,68 @@
 //! The contacts store: every operation is scoped by tenant, runs in one transaction on the write
-//! handle, and writes its event to the outbox in that same transaction, so a failed request
-//! leaves no partial rows and no event.
+//! handle, and writes its event and its audit entry to the outbox in that same transaction, so a
+//! failed request leaves no partial rows and no event.
+//!
+//! Personal values are sealed with the person's key from the key store (see [`crate::sealed`]);
+//! erasing a person destroys that key, so a copy of this database taken earlier no longer
+//! yields them. E-mails, phones and name tokens are found through blind indexes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel,
-    QueryFilter, QueryOrder, QuerySelect, Set, SqlErr,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set};
 use uuid::Uuid;
 
 use carnet_kit::db::Db;
-use carnet_kit::{ErrorCode, ServiceError, outbox};
-use carnet_proto::events::v1::{ContactErased, ContactMerged, ContactUpserted, event::Payload};
+use carnet_kit::keystore::{KeyStore, SubjectKey, is_encrypted};
+use carnet_kit::{ErrorCode, ServiceError, audit, outbox};
+use carnet_proto::events::v1::{ContactMerged, ContactUpserted, event::Payload};
 
+use crate::SERVICE_NAME;
+use crate::audit::{Audit, ReadLog};
 use crate::batch::Batcher;
 use crate::convert::channel_to_proto;
 use crate::domain::{
-    Channel, Contact, ContactChange, ContactInput, ContactPage, ContactPatch, Erased, FieldDefinition, FieldPolicy,
-    FieldValue, Flag, FlagKind, Source, is_builtin,
+    Contact, ContactChange, ContactInput, ContactPage, ContactPatch, Erased, FieldDefinition, FieldPolicy, FlagKind,
+    Source, is_builtin,
 };
 use crate::entity::{contact, contact_change, field_policy, tombstone};
+use crate::rows::{
+    change_row, check_unique, db_err, decode_cursor, erased, find, load_history, load_policy, parse_channel,
+    remove_subject, remove_tokens, replace_tokens, source_of, to_domain, tombstone_hash, update_contact,
+    write_tombstones,
+};
+use crate::sealed::{self, Indexes, Personal, email_hash, open_personal, phone_hash, seal_personal};
+use crate::search::Search;
 use crate::validate;
 
 /// Default and maximum page sizes of [`ContactStore::list`].
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 500;
-/// Most ids [`ContactStore::subject_flags`] accepts, and how many go into one query.
 /// Most contacts read by one [`ContactStore::get_many`].
 pub const MAX_BATCH_GET: usize = 1_000;
-
+/// Most ids [`ContactStore::subject_flags`] accepts, and how many go into one query.
 pub const MAX_FLAG_IDS: usize = 10_000;
 const FLAGS_CHUNK: usize = MAX_FLAG_IDS;
-
-/// Maps a database error to `internal`, logging its kind (database messages name constraints,
-/// never values).
-pub(crate) fn db_err(err: DbErr) -> ServiceError {
-    tracing::error!(error = %err, "contacts database error");
-    ServiceError::internal("database error")
-}
 
 #[derive(Clone, Debug)]
 pub struct ContactStore {
     db: Db,
+    keys: KeyStore,
     batcher: Batcher,
+    reads: ReadLog,
     /// Keys the erasure tombstones (HMAC per tenant).
     tombstone_key: std::sync::Arc<Vec<u8>>,
 }
 
-/// The keyed hash of a tombstone: HMAC-SHA256(key, tenant ‖ field ‖ normalised value), hex.
-fn tombstone_hash(key: &[u8], tenant_id: Uuid, field: &str, value: &str) -> String {
-    use hmac::Mac as _;
-    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("hmac takes keys of any length");
-    m.update(tenant_id.as_bytes());
-    m.update(field.as_bytes());
-    m.update(value.as_bytes());
-    hex::encode(m.finalize().into_bytes())
-}
-
 impl ContactStore {
-    /// Returns a store on `db`; spawns the create batcher on the current tokio runtime.
-    pub fn new(db: Db) -> Self {
-        let batcher = Batcher::spawn(db.clone());
+    /// Returns a store on `db` whose personal values are sealed with keys from `keys`; spawns the
+    /// create batcher and the read-audit writer on the current tokio runtime.
+    pub fn new(db: Db, keys: KeyStore) -> Self {
+        let batcher = Batcher::spawn(db.clone(), keys.clone());
+        let reads = ReadLog::spawn(db.clone());
         let key: [u8; 32] = rand::random();
-        ContactStore { db, batcher, tombstone_key: std::sync::Arc::new(key.to_vec()) }
+        ContactStore { db, keys, batcher, reads, tombstone_key: std::sync::Arc::new(key.to_vec()) }
     }
 
     /// Uses `key` for erasure tombstones (derived from the mesh key, so it survives restarts;
@@ -74,6 +70,51 @@ impl ContactStore {
     pub fn with_tombstone_key(mut self, key: Vec<u8>) -> Self {
         self.tombstone_key = std::sync::Arc::new(key);
         self
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
+    }
+
+    /// The key a contact's values are sealed with on write: its key (created on first use), or
+    /// none when encryption is off.
+    async fn write_key(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<SubjectKey>, ServiceError> {
+        if !self.keys.encrypts() {
+            return Ok(None);
+        }
+        Ok(Some(self.keys.subject_key(tenant_id, id).await?))
+    }
+
+    /// Opens a row's personal values; `None` when its key is destroyed.
+    async fn open(&self, model: &contact::Model) -> Result<Option<Personal>, ServiceError> {
+        let key_opt = match model.personal.as_deref() {
+            Some(stored) if is_encrypted(stored) => self.keys.find_subject_key(model.tenant_id, model.id).await?,
+            _ => None,
+        };
+        open_personal(key_opt.as_ref(), model.tenant_id, model.id, model.personal.as_deref())
+    }
+
+    /// Opens many rows of one tenant with one key-store query.
+    async fn open_many(
+        &self,
+        tenant_id: Uuid,
+        models: Vec<contact::Model>,
+    ) -> Result<Vec<(contact::Model, Option<Personal>)>, ServiceError> {
+        let sealed: Vec<Uuid> =
+            models.iter().filter(|m| m.personal.as_deref().is_some_and(is_encrypted)).map(|m| m.id).collect();
+        let keys =
+            if sealed.is_empty() { HashMap::new() } else { self.keys.find_subject_keys(tenant_id, &sealed).await? };
+        models
+            .into_iter()
+            .map(|m| {
+                let personal = open_personal(keys.get(&m.id), tenant_id, m.id, m.personal.as_deref())?;
+                Ok((m, personal))
+            })
+            .collect()
     }
 
     /// Creates a contact unless its e-mail or phone belongs to a person erased on request,
@@ -84,14 +125,18 @@ impl ContactStore {
         input: ContactInput,
         source: Source,
         erasure_override_opt: Option<String>,
+        audit: &Audit,
     ) -> Result<Contact, ServiceError> {
         let override_opt = erasure_override_opt.map(|r| r.trim().to_string()).filter(|r| !r.is_empty());
+        let index = self.keys.blind_index(tenant_id).await?;
         let mut hashes = Vec::new();
         if let Some(email) = input.email_opt.as_deref().and_then(|e| validate::normalize_email(e).ok()) {
-            hashes.push(("email", tombstone_hash(&self.tombstone_key, tenant_id, "email", &email)));
+            let h = tombstone_hash(&self.tombstone_key, tenant_id, "email", &email_hash(&index, &email));
+            hashes.push(("email", h));
         }
         if let Some(phone) = input.phone_opt.as_deref().and_then(|p| validate::normalize_phone(p).ok()) {
-            hashes.push(("phone", tombstone_hash(&self.tombstone_key, tenant_id, "phone", &phone)));
+            let h = tombstone_hash(&self.tombstone_key, tenant_id, "phone", &phone_hash(&index, &phone));
+            hashes.push(("phone", h));
         }
         if !hashes.is_empty() {
             let found = tombstone::Entity::find()
@@ -118,8 +163,9 @@ impl ContactStore {
                 }
             }
         }
-        let contact = self.batcher.create(tenant_id, input, source).await?;
+        let contact = self.batcher.create(tenant_id, input, source, audit.clone()).await?;
         if let Some(reason) = override_opt {
+            let key_opt = self.write_key(tenant_id, contact.id).await?;
             let row = change_row(
                 tenant_id,
                 contact.id,
@@ -129,14 +175,11 @@ impl ContactStore {
                 Some(reason),
                 None,
                 None,
+                key_opt.as_ref(),
             );
             contact_change::Entity::insert(row).exec_without_returning(&self.db.write).await.map_err(db_err)?;
         }
         Ok(contact)
-    }
-
-    pub fn db(&self) -> &Db {
-        &self.db
     }
 
     /// Returns the tenant's field policy, or the built-in default when it never set one.
@@ -148,7 +191,7 @@ impl ContactStore {
     pub async fn set_field_policy(
         &self,
         tenant_id: Uuid,
-        actor: &str,
+        audit: &Audit,
         fields: Vec<FieldDefinition>,
     ) -> Result<FieldPolicy, ServiceError> {
         validate::validate_policy(&fields)?;
@@ -160,7 +203,7 @@ impl ContactStore {
             tenant_id: Set(tenant_id),
             fields: Set(json),
             version: Set(current.version + 1),
-            updated_by: Set(actor.to_string()),
+            updated_by: Set(audit.actor().to_string()),
             updated_at: Set(now),
         };
         if current.version == 0 {
@@ -168,11 +211,14 @@ impl ContactStore {
         } else {
             model.update(&txn).await.map_err(db_err)?;
         }
+        let mut entry = audit.entry("update", "field_policy", tenant_id).fields(fields.iter().map(|f| f.key.clone()));
+        entry.subject_id_opt = None;
+        audit::record(&txn, tenant_id, SERVICE_NAME, entry).await.map_err(db_err)?;
         txn.commit().await.map_err(db_err)?;
         Ok(FieldPolicy {
             fields,
             version: current.version + 1,
-            updated_by: actor.to_string(),
+            updated_by: audit.actor().to_string(),
             updated_at_opt: Some(now),
         })
     }
@@ -182,13 +228,29 @@ impl ContactStore {
     ///
     /// Concurrent creates are committed together in one transaction (see [`crate::batch`]);
     /// each still succeeds or fails on its own.
-    pub async fn create(&self, tenant_id: Uuid, input: ContactInput, source: Source) -> Result<Contact, ServiceError> {
-        self.batcher.create(tenant_id, input, source).await
+    pub async fn create(
+        &self,
+        tenant_id: Uuid,
+        input: ContactInput,
+        source: Source,
+        audit: &Audit,
+    ) -> Result<Contact, ServiceError> {
+        self.batcher.create(tenant_id, input, source, audit.clone()).await
     }
 
-    /// Returns one contact of the tenant; another tenant's id reads as `not_found`.
-    pub async fn get(&self, tenant_id: Uuid, id: Uuid) -> Result<Contact, ServiceError> {
-        to_domain(find(&self.db.read, tenant_id, id, "id").await?)
+    /// Returns one contact of the tenant and records the `view`; another tenant's id, and an
+    /// erased person's row restored from a backup, read as `not_found`.
+    pub async fn get(&self, tenant_id: Uuid, id: Uuid, audit: &Audit) -> Result<Contact, ServiceError> {
+        let contact = self.read(tenant_id, id).await?;
+        self.reads.record(tenant_id, vec![audit.entry("view", "contact", id)]).await?;
+        Ok(contact)
+    }
+
+    /// [`ContactStore::get`] without an audit entry (for the store's own reads).
+    async fn read(&self, tenant_id: Uuid, id: Uuid) -> Result<Contact, ServiceError> {
+        let model = find(&self.db.read, tenant_id, id, "id").await?;
+        let personal = self.open(&model).await?.ok_or_else(|| erased(id, "id"))?;
+        to_domain(model, Some(personal))
     }
 
     /// Rectifies a contact and records which fields changed (never the old values).
@@ -196,12 +258,16 @@ impl ContactStore {
         &self,
         tenant_id: Uuid,
         id: Uuid,
-        actor: &str,
+        audit: &Audit,
         patch: ContactPatch,
     ) -> Result<Contact, ServiceError> {
+        let index = self.keys.blind_index(tenant_id).await?;
+        let key_opt = self.keys.find_subject_key(tenant_id, id).await?;
         let txn = self.db.begin_write().await.map_err(db_err)?;
         let policy = load_policy(&txn, tenant_id).await?;
         let current = find(&txn, tenant_id, id, "id").await?;
+        let personal = open_personal(key_opt.as_ref(), tenant_id, id, current.personal.as_deref())?
+            .ok_or_else(|| erased(id, "id"))?;
         if let Some(expected) = patch.expected_version_opt
             && expected != current.version
         {
@@ -217,12 +283,11 @@ impl ContactStore {
             if valid.keys().contains(key) {
                 return Err(ServiceError::invalid_field(field, format!("`{key}` is both set and cleared")));
             }
-            if !is_builtin(key) && policy.get(key).is_none() && !current_fields(&current).contains_key(key) {
+            if !is_builtin(key) && policy.get(key).is_none() && !personal.fields.contains_key(key) {
                 return Err(ServiceError::invalid_field(field, format!("`{key}` is not a known field")));
             }
         }
-        let mut next = current.clone();
-        let mut fields = current_fields(&current);
+        let mut next = personal.clone();
         let mut changed: Vec<String> = Vec::new();
         let mut set_builtin = |key: &str, slot: &mut Option<String>, value_opt: Option<String>, cleared: bool| {
             let new = if cleared { None } else { value_opt.or_else(|| slot.clone()) };
@@ -237,25 +302,25 @@ impl ContactStore {
         set_builtin("last_name", &mut next.last_name, valid.last_name_opt, cleared("last_name"));
         set_builtin("phone", &mut next.phone, valid.phone_opt.clone(), cleared("phone"));
         for (key, value) in valid.fields {
-            if fields.get(&key) != Some(&value) {
-                fields.insert(key.clone(), value);
+            if next.fields.get(&key) != Some(&value) {
+                next.fields.insert(key.clone(), value);
                 changed.push(key);
             }
         }
         for key in patch.clear.iter().filter(|k| !is_builtin(k)) {
-            if fields.remove(key).is_some() {
+            if next.fields.remove(key).is_some() {
                 changed.push(key.clone());
             }
         }
         if changed.is_empty() {
-            return to_domain(current);
+            return to_domain(current, Some(personal));
         }
         let present = |k: &str| match k {
             "email" => next.email.is_some(),
             "first_name" => next.first_name.is_some(),
             "last_name" => next.last_name.is_some(),
             "phone" => next.phone.is_some(),
-            other => fields.contains_key(other),
+            other => next.fields.contains_key(other),
         };
         validate::check_required(&policy, &present)?;
         // Values written with a named source keep it; values rectified without one, or
@@ -268,56 +333,102 @@ impl ContactStore {
                 _ => field_sources.remove(key),
             };
         }
-        let email_opt = next.email.clone().filter(|_| changed.iter().any(|k| k == "email"));
-        let phone_opt = next.phone.clone().filter(|_| changed.iter().any(|k| k == "phone"));
+        let ix = Indexes::of(&index, &next);
+        let email_changed = changed.iter().any(|k| k == "email");
+        let phone_changed = changed.iter().any(|k| k == "phone");
+        let email_opt = ix.email_opt.clone().filter(|_| email_changed);
+        let phone_opt = ix.phone_opt.clone().filter(|_| phone_changed);
         check_unique(&txn, tenant_id, Some(id), email_opt.as_deref(), phone_opt.as_deref()).await?;
+        let write_key = match (&key_opt, self.keys.encrypts()) {
+            (Some(key), true) => Some(key.clone()),
+            (None, true) => self.write_key(tenant_id, id).await?,
+            (_, false) => None,
+        };
+        let version = current.version;
+        let source_channel = current.source_channel.clone();
         let mut model = current.into_active_model();
-        model.email = Set(next.email);
-        model.first_name = Set(next.first_name);
-        model.last_name = Set(next.last_name);
-        model.phone = Set(next.phone);
-        model.fields = Set(fields_json(&fields));
+        model.personal = Set(Some(seal_personal(write_key.as_ref(), tenant_id, id, &next)));
+        model.email_index = Set(ix.email_opt.clone());
+        model.phone_index = Set(ix.phone_opt.clone());
         model.field_sources = Set(serde_json::to_value(&field_sources).expect("sources serialise"));
-        model.version = Set(next.version + 1);
+        model.version = Set(version + 1);
         model.updated_at = Set(carnet_kit::db::now());
         let model = update_contact(&txn, &self.db.read, model).await?;
-        record_change(&txn, tenant_id, id, "rectified", &changed, actor, patch.reason_opt, None, None).await?;
+        if changed.iter().any(|k| k == "first_name" || k == "last_name") {
+            replace_tokens(&txn, tenant_id, id, &ix).await?;
+        }
+        let row = change_row(
+            tenant_id,
+            id,
+            "rectified",
+            &changed,
+            audit.actor(),
+            patch.reason_opt,
+            None,
+            None,
+            write_key.as_ref(),
+        );
+        contact_change::Entity::insert(row).exec_without_returning(&txn).await.map_err(db_err)?;
         let channel = match &patch.source_opt {
             Some(source) => source.channel,
-            None => parse_channel(&model.source_channel)?,
+            None => parse_channel(&source_channel)?,
         };
         let event = ContactUpserted {
             contact_id: id.to_string(),
             created: false,
-            changed_fields: changed,
+            changed_fields: changed.clone(),
             source_channel: channel_to_proto(channel) as i32,
         };
         outbox::enqueue(&txn, tenant_id, Payload::ContactUpserted(event)).await.map_err(db_err)?;
+        audit::record(&txn, tenant_id, SERVICE_NAME, audit.entry("update", "contact", id).fields(changed))
+            .await
+            .map_err(db_err)?;
         txn.commit().await.map_err(db_err)?;
-        to_domain(model)
+        to_domain(model, Some(next))
     }
 
-    /// Deletes a contact and its history.
-    pub async fn delete(&self, tenant_id: Uuid, id: Uuid) -> Result<(), ServiceError> {
+    /// Deletes a contact and its history, and destroys its key.
+    pub async fn delete(&self, tenant_id: Uuid, id: Uuid, audit: &Audit) -> Result<(), ServiceError> {
         let txn = self.db.begin_write().await.map_err(db_err)?;
         find(&txn, tenant_id, id, "id").await?;
         remove_subject(&txn, tenant_id, id, "").await?;
+        audit::record(&txn, tenant_id, SERVICE_NAME, audit.entry("delete", "contact", id)).await.map_err(db_err)?;
+        self.destroy_key(tenant_id, id).await?;
         txn.commit().await.map_err(db_err)?;
         Ok(())
     }
 
+    /// Destroys the subject's key, with the rows gone in the open transaction: if the key cannot
+    /// be destroyed, the erasure is rolled back (and retried), so a confirmed erasure always
+    /// left no key; if the commit fails after it, the rows left are unreadable and the retry
+    /// removes them.
+    async fn destroy_key(&self, tenant_id: Uuid, id: Uuid) -> Result<(), ServiceError> {
+        self.keys.destroy(tenant_id, id).await?;
+        Ok(())
+    }
+
     /// Erases everything the service holds about a subject (Art. 17). Idempotent: erasing an
-    /// absent subject removes nothing and succeeds, so the DSAR orchestrator can retry.
-    pub async fn erase_subject(&self, tenant_id: Uuid, id: Uuid, request_id: &str) -> Result<Erased, ServiceError> {
+    /// absent subject removes nothing and succeeds (destroying its key if one is left, e.g.
+    /// after the key store was restored), so the DSAR orchestrator can retry.
+    pub async fn erase_subject(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        request_id: &str,
+        audit: &Audit,
+    ) -> Result<Erased, ServiceError> {
         let txn = self.db.begin_write().await.map_err(db_err)?;
         write_tombstones(&txn, &self.tombstone_key, tenant_id, id, request_id).await?;
         let erased = remove_subject(&txn, tenant_id, id, request_id).await?;
+        audit::record(&txn, tenant_id, SERVICE_NAME, audit.entry("erase", "contact", id)).await.map_err(db_err)?;
+        self.destroy_key(tenant_id, id).await?;
         txn.commit().await.map_err(db_err)?;
         Ok(erased)
     }
 
     /// Erases a subject for a DSAR request and writes `erasure.confirmed` in the same
-    /// transaction. Idempotent: a repeat removes nothing and confirms again.
+    /// transaction, after its key is destroyed. Idempotent: a repeat removes nothing and
+    /// confirms again.
     pub async fn erase_for_request(&self, tenant_id: Uuid, id: Uuid, request_id: &str) -> Result<Erased, ServiceError> {
         let txn = self.db.begin_write().await.map_err(db_err)?;
         write_tombstones(&txn, &self.tombstone_key, tenant_id, id, request_id).await?;
@@ -325,18 +436,24 @@ impl ContactStore {
         let removed = [("contacts", erased.contacts), ("contact_changes", erased.contact_changes)];
         let event = outbox::confirmation(crate::SERVICE_NAME, request_id, id, &removed);
         outbox::enqueue(&txn, tenant_id, event).await.map_err(db_err)?;
+        let entry = Audit::bus(tenant_id, request_id).entry("erase", "contact", id);
+        audit::record(&txn, tenant_id, SERVICE_NAME, entry).await.map_err(db_err)?;
+        self.destroy_key(tenant_id, id).await?;
         txn.commit().await.map_err(db_err)?;
         Ok(erased)
     }
 
-    /// Lists the tenant's contacts in creation order, optionally matching `query`
-    /// (case-insensitive substring of e-mail, names or phone).
+    /// Lists the tenant's contacts in creation order, optionally matching `query` exactly (a
+    /// whole e-mail, a phone, or name tokens: see [`crate::search`]), and records a `view` per
+    /// contact returned when a person asked. A row whose key is destroyed (an erased person
+    /// restored from a backup) is listed without personal values, so an erasure replay finds it.
     pub async fn list(
         &self,
         tenant_id: Uuid,
         query: &str,
         limit: u32,
         cursor: &str,
+        audit: &Audit,
     ) -> Result<ContactPage, ServiceError> {
         let limit = match limit {
             0 => DEFAULT_PAGE_SIZE,
@@ -348,26 +465,15 @@ impl ContactStore {
             let after = decode_cursor(cursor)?;
             select = select.filter(contact::Column::Id.gt(after));
         }
-        let query = query.trim().to_lowercase();
-        if query.chars().count() > 200 {
+        if query.trim().chars().count() > 200 {
             return Err(ServiceError::invalid_field("query", "is longer than 200 characters"));
         }
-        if !query.is_empty() {
-            let escaped = query.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-            let pattern = format!("%{escaped}%");
-            let like = |col: contact::Column| {
-                Expr::expr(Func::lower(Expr::col((contact::Entity, col))))
-                    .like(LikeExpr::new(pattern.clone()).escape('\\'))
-            };
-            let mut any = Condition::any()
-                .add(like(contact::Column::Email))
-                .add(like(contact::Column::FirstName))
-                .add(like(contact::Column::LastName));
-            let digits: String = query.chars().filter(|c| c.is_ascii_digit()).collect();
-            if !digits.is_empty() {
-                any = any.add(contact::Column::Phone.like(format!("%{digits}%")));
+        let search = Search::parse(query);
+        if search != Search::All {
+            let index = self.keys.blind_index(tenant_id).await?;
+            if let Some(condition) = search.condition(&index, tenant_id) {
+                select = select.filter(condition);
             }
-            select = select.filter(any);
         }
         let mut rows = select
             .order_by_asc(contact::Column::Id)
@@ -381,81 +487,125 @@ impl ContactStore {
         } else {
             None
         };
-        let contacts = rows.into_iter().map(to_domain).collect::<Result<_, _>>()?;
+        let contacts = self
+            .open_many(tenant_id, rows)
+            .await?
+            .into_iter()
+            .map(|(m, p)| to_domain(m, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !audit.is_service() {
+            let entries = contacts.iter().map(|c| audit.entry("view", "contact", c.id)).collect();
+            self.reads.record(tenant_id, entries).await?;
+        }
         Ok(ContactPage { contacts, next_cursor_opt })
     }
 
     /// Folds `other_id` into `id`: blanks of the survivor are filled from the duplicate, flags
-    /// are combined (the more protective wins), the duplicate's history moves over and its
-    /// provenance is kept in the `merged` change entry; the duplicate is removed.
-    pub async fn merge(&self, tenant_id: Uuid, id: Uuid, other_id: Uuid, actor: &str) -> Result<Contact, ServiceError> {
+    /// are combined (the more protective wins), the duplicate's history moves over (its reasons
+    /// sealed again with the survivor's key) and its provenance is kept in the `merged` change
+    /// entry; the duplicate is removed. The duplicate's key stays: other services may still hold
+    /// records under its id.
+    pub async fn merge(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        other_id: Uuid,
+        audit: &Audit,
+    ) -> Result<Contact, ServiceError> {
         if id == other_id {
             return Err(ServiceError::invalid_field("other_id", "must differ from id"));
         }
+        let index = self.keys.blind_index(tenant_id).await?;
+        let mut found = self.keys.find_subject_keys(tenant_id, &[id, other_id]).await?;
+        let (keep_key_opt, other_key_opt) = (found.remove(&id), found.remove(&other_id));
         let txn = self.db.begin_write().await.map_err(db_err)?;
         let keep = find(&txn, tenant_id, id, "id").await?;
         let other = find(&txn, tenant_id, other_id, "other_id").await?;
+        let mine = open_personal(keep_key_opt.as_ref(), tenant_id, id, keep.personal.as_deref())?
+            .ok_or_else(|| erased(id, "id"))?;
+        let theirs = open_personal(other_key_opt.as_ref(), tenant_id, other_id, other.personal.as_deref())?
+            .ok_or_else(|| erased(other_id, "other_id"))?;
         let other_source = source_of(&other)?;
         let mut taken: Vec<String> = Vec::new();
-        let mut model = keep.clone().into_active_model();
-        let mut fill = |key: &str, mine: &Option<String>, theirs: &Option<String>| -> Option<String> {
-            if mine.is_none() && theirs.is_some() {
+        let mut next = mine.clone();
+        let mut fill = |key: &str, slot: &mut Option<String>, theirs: &Option<String>| {
+            if slot.is_none() && theirs.is_some() {
                 taken.push(key.to_string());
-                theirs.clone()
-            } else {
-                mine.clone()
+                *slot = theirs.clone();
             }
         };
-        let email = fill("email", &keep.email, &other.email);
-        let first_name = fill("first_name", &keep.first_name, &other.first_name);
-        let last_name = fill("last_name", &keep.last_name, &other.last_name);
-        let phone = fill("phone", &keep.phone, &other.phone);
-        let mut fields = current_fields(&keep);
-        for (key, value) in current_fields(&other) {
-            if let std::collections::btree_map::Entry::Vacant(slot) = fields.entry(key.clone()) {
-                taken.push(key);
-                slot.insert(value);
+        fill("email", &mut next.email, &theirs.email);
+        fill("first_name", &mut next.first_name, &theirs.first_name);
+        fill("last_name", &mut next.last_name, &theirs.last_name);
+        fill("phone", &mut next.phone, &theirs.phone);
+        for (key, value) in &theirs.fields {
+            if let std::collections::btree_map::Entry::Vacant(slot) = next.fields.entry(key.clone()) {
+                taken.push(key.clone());
+                slot.insert(value.clone());
             }
         }
+        let mut model = keep.clone().into_active_model();
         if other.restricted && !keep.restricted {
             model.restricted = Set(true);
-            model.restriction_reason = Set(other.restriction_reason.clone());
             model.restricted_at = Set(other.restricted_at);
+            next.restriction_reason = theirs.restriction_reason.clone();
             taken.push("restriction".into());
         }
         if other.objected && !keep.objected {
             model.objected = Set(true);
-            model.objection_reason = Set(other.objection_reason.clone());
             model.objected_at = Set(other.objected_at);
+            next.objection_reason = theirs.objection_reason.clone();
             taken.push("objection".into());
         }
-        // The duplicate goes first, so the survivor can take its unique e-mail and phone.
-        contact_change::Entity::update_many()
-            .col_expr(contact_change::Column::ContactId, Expr::value(id))
+        let write_key = match (&keep_key_opt, self.keys.encrypts()) {
+            (Some(key), true) => Some(key.clone()),
+            (None, true) => self.write_key(tenant_id, id).await?,
+            (_, false) => None,
+        };
+        // The duplicate's history moves over, its reasons sealed with the survivor's key.
+        let moved = contact_change::Entity::find()
             .filter(contact_change::Column::TenantId.eq(tenant_id))
             .filter(contact_change::Column::ContactId.eq(other_id))
-            .exec(&txn)
+            .all(&txn)
             .await
             .map_err(db_err)?;
+        for change in moved {
+            let mut row = change.clone().into_active_model();
+            row.contact_id = Set(id);
+            if let Some(stored) = &change.sealed_reason {
+                let reason_opt = sealed::open_reason(other_key_opt.as_ref(), tenant_id, change.id, stored)?;
+                let aad = sealed::change_aad(tenant_id, change.id);
+                row.sealed_reason = Set(reason_opt.map(|r| sealed::seal(write_key.as_ref(), &aad, r.as_bytes())));
+            }
+            row.update(&txn).await.map_err(db_err)?;
+        }
+        // The duplicate goes first, so the survivor can take its unique e-mail and phone.
+        remove_tokens(&txn, tenant_id, other_id).await?;
         contact::Entity::delete_many()
             .filter(contact::Column::TenantId.eq(tenant_id))
             .filter(contact::Column::Id.eq(other_id))
             .exec(&txn)
             .await
             .map_err(db_err)?;
-        model.email = Set(email);
-        model.first_name = Set(first_name);
-        model.last_name = Set(last_name);
-        model.phone = Set(phone);
-        model.fields = Set(fields_json(&fields));
+        let ix = Indexes::of(&index, &next);
+        model.personal = Set(Some(seal_personal(write_key.as_ref(), tenant_id, id, &next)));
+        model.email_index = Set(ix.email_opt.clone());
+        model.phone_index = Set(ix.phone_opt.clone());
         model.version = Set(keep.version + 1);
         model.updated_at = Set(carnet_kit::db::now());
         let model = update_contact(&txn, &self.db.read, model).await?;
-        record_change(&txn, tenant_id, id, "merged", &taken, actor, None, Some(other_id), Some(&other_source)).await?;
+        replace_tokens(&txn, tenant_id, id, &ix).await?;
+        let row =
+            change_row(tenant_id, id, "merged", &taken, audit.actor(), None, Some(other_id), Some(&other_source), None);
+        contact_change::Entity::insert(row).exec_without_returning(&txn).await.map_err(db_err)?;
         let merged = ContactMerged { contact_id: id.to_string(), merged_id: other_id.to_string() };
         outbox::enqueue(&txn, tenant_id, Payload::ContactMerged(merged)).await.map_err(db_err)?;
+        for (subject, fields) in [(id, taken.clone()), (other_id, Vec::new())] {
+            let entry = audit.entry("merge", "contact", subject).fields(fields);
+            audit::record(&txn, tenant_id, SERVICE_NAME, entry).await.map_err(db_err)?;
+        }
         txn.commit().await.map_err(db_err)?;
-        to_domain(model)
+        to_domain(model, Some(next))
     }
 
     /// Sets or lifts the restriction (Art. 18) or objection (Art. 21) flag. Setting a flag to
@@ -464,7 +614,7 @@ impl ContactStore {
         &self,
         tenant_id: Uuid,
         id: Uuid,
-        actor: &str,
+        audit: &Audit,
         kind: FlagKind,
         active: bool,
         reason_opt: Option<String>,
@@ -472,47 +622,64 @@ impl ContactStore {
         if reason_opt.as_ref().is_some_and(|r| r.chars().count() > validate::MAX_TEXT_CHARS) {
             return Err(ServiceError::invalid_field("reason", "is longer than 1000 characters"));
         }
+        let key_opt = self.keys.find_subject_key(tenant_id, id).await?;
         let txn = self.db.begin_write().await.map_err(db_err)?;
         let current = find(&txn, tenant_id, id, "id").await?;
+        let personal = open_personal(key_opt.as_ref(), tenant_id, id, current.personal.as_deref())?
+            .ok_or_else(|| erased(id, "id"))?;
         let is_active = match kind {
             FlagKind::Restriction => current.restricted,
             FlagKind::Objection => current.objected,
         };
         if is_active == active {
-            return to_domain(current);
+            return to_domain(current, Some(personal));
         }
         let now = carnet_kit::db::now();
         let since_opt = active.then_some(now);
         let reason_kept = reason_opt.clone().filter(|_| active);
         let version = current.version + 1;
+        let source_channel = current.source_channel.clone();
+        let mut next = personal;
         let mut model = current.into_active_model();
-        let (field, change_kind) = match kind {
+        let (field, change_kind, action) = match kind {
             FlagKind::Restriction => {
                 model.restricted = Set(active);
-                model.restriction_reason = Set(reason_kept);
                 model.restricted_at = Set(since_opt);
-                ("restriction", if active { "restriction_set" } else { "restriction_lifted" })
+                next.restriction_reason = reason_kept;
+                ("restriction", if active { "restriction_set" } else { "restriction_lifted" }, "restrict")
             }
             FlagKind::Objection => {
                 model.objected = Set(active);
-                model.objection_reason = Set(reason_kept);
                 model.objected_at = Set(since_opt);
-                ("objection", if active { "objection_set" } else { "objection_lifted" })
+                next.objection_reason = reason_kept;
+                ("objection", if active { "objection_set" } else { "objection_lifted" }, "object")
             }
         };
+        let write_key = match (&key_opt, self.keys.encrypts()) {
+            (Some(key), true) => Some(key.clone()),
+            (None, true) => self.write_key(tenant_id, id).await?,
+            (_, false) => None,
+        };
+        model.personal = Set(Some(seal_personal(write_key.as_ref(), tenant_id, id, &next)));
         model.version = Set(version);
         model.updated_at = Set(now);
         let model = update_contact(&txn, &self.db.read, model).await?;
-        record_change(&txn, tenant_id, id, change_kind, &[field.to_string()], actor, reason_opt, None, None).await?;
+        let fields = [field.to_string()];
+        let row =
+            change_row(tenant_id, id, change_kind, &fields, audit.actor(), reason_opt, None, None, write_key.as_ref());
+        contact_change::Entity::insert(row).exec_without_returning(&txn).await.map_err(db_err)?;
         let event = ContactUpserted {
             contact_id: id.to_string(),
             created: false,
-            changed_fields: vec![field.to_string()],
-            source_channel: channel_to_proto(parse_channel(&model.source_channel)?) as i32,
+            changed_fields: fields.to_vec(),
+            source_channel: channel_to_proto(parse_channel(&source_channel)?) as i32,
         };
         outbox::enqueue(&txn, tenant_id, Payload::ContactUpserted(event)).await.map_err(db_err)?;
+        audit::record(&txn, tenant_id, SERVICE_NAME, audit.entry(action, "contact", id).fields(fields))
+            .await
+            .map_err(db_err)?;
         txn.commit().await.map_err(db_err)?;
-        to_domain(model)
+        to_domain(model, Some(next))
     }
 
     /// Returns (restricted, objected) of each of `ids` the tenant holds; absent ids are unknown.
@@ -520,8 +687,8 @@ impl ContactStore {
         &self,
         tenant_id: Uuid,
         ids: &[Uuid],
-    ) -> Result<std::collections::HashMap<Uuid, (bool, bool)>, ServiceError> {
-        let mut flags = std::collections::HashMap::with_capacity(ids.len());
+    ) -> Result<HashMap<Uuid, (bool, bool)>, ServiceError> {
+        let mut flags = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(FLAGS_CHUNK) {
             let rows: Vec<(Uuid, bool, bool)> = contact::Entity::find()
                 .select_only()
@@ -537,28 +704,53 @@ impl ContactStore {
         Ok(flags)
     }
 
-    /// Returns the contacts of `ids` that exist in the tenant (at most [`MAX_BATCH_GET`]).
-    pub async fn get_many(&self, tenant_id: Uuid, ids: &[Uuid]) -> Result<Vec<Contact>, ServiceError> {
+    /// Returns the contacts of `ids` that exist in the tenant (at most [`MAX_BATCH_GET`]); an
+    /// erased person's restored row is left out. Records a `view` per contact returned when a
+    /// person asked.
+    pub async fn get_many(&self, tenant_id: Uuid, ids: &[Uuid], audit: &Audit) -> Result<Vec<Contact>, ServiceError> {
         let rows = contact::Entity::find()
             .filter(contact::Column::TenantId.eq(tenant_id))
             .filter(contact::Column::Id.is_in(ids.iter().copied()))
             .all(&self.db.read)
             .await
             .map_err(db_err)?;
-        rows.into_iter().map(to_domain).collect()
+        let contacts = self
+            .open_many(tenant_id, rows)
+            .await?
+            .into_iter()
+            .filter(|(_, p)| p.is_some())
+            .map(|(m, p)| to_domain(m, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !audit.is_service() {
+            let entries = contacts.iter().map(|c| audit.entry("view", "contact", c.id)).collect();
+            self.reads.record(tenant_id, entries).await?;
+        }
+        Ok(contacts)
     }
 
-    /// Returns the change history of a contact, oldest first.
-    pub async fn history(&self, tenant_id: Uuid, id: Uuid) -> Result<Vec<ContactChange>, ServiceError> {
-        find(&self.db.read, tenant_id, id, "id").await?;
-        load_history(&self.db.read, tenant_id, id).await
+    /// Returns the change history of a contact, oldest first, and records its `view`.
+    pub async fn history(&self, tenant_id: Uuid, id: Uuid, audit: &Audit) -> Result<Vec<ContactChange>, ServiceError> {
+        let model = find(&self.db.read, tenant_id, id, "id").await?;
+        let key_opt = self.keys.find_subject_key(tenant_id, id).await?;
+        if model.personal.as_deref().is_some_and(is_encrypted) && key_opt.is_none() {
+            return Err(erased(id, "id"));
+        }
+        let history = load_history(&self.db.read, tenant_id, id, key_opt.as_ref()).await?;
+        self.reads.record(tenant_id, vec![audit.entry("view", "contact_history", id)]).await?;
+        Ok(history)
     }
 
     /// Returns everything the service holds about one subject, as a JSON document
-    /// (Art. 15 / 20), and the number of records in it.
-    pub async fn export_subject(&self, tenant_id: Uuid, id: Uuid) -> Result<(serde_json::Value, u64), ServiceError> {
-        let contact = self.get(tenant_id, id).await?;
-        let history = load_history(&self.db.read, tenant_id, id).await?;
+    /// (Art. 15 / 20), and the number of records in it; records the `export`.
+    pub async fn export_subject(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        audit: &Audit,
+    ) -> Result<(serde_json::Value, u64), ServiceError> {
+        let contact = self.read(tenant_id, id).await?;
+        let key_opt = self.keys.find_subject_key(tenant_id, id).await?;
+        let history = load_history(&self.db.read, tenant_id, id, key_opt.as_ref()).await?;
         let policy = self.field_policy(tenant_id).await?;
         let mut held: Vec<String> = contact.fields.keys().cloned().collect();
         for (key, present) in [
@@ -592,396 +784,7 @@ impl ContactStore {
             "data_categories": categories,
             "history": history,
         });
+        self.reads.record(tenant_id, vec![audit.entry("export", "contact", id)]).await?;
         Ok((doc, count))
     }
-}
-
-/// A validated new contact, ready to insert.
-pub(crate) struct NewContact {
-    pub model: contact::Model,
-    pub keys: Vec<String>,
-    pub channel: Channel,
-    pub actor: String,
-}
-
-impl NewContact {
-    /// Returns the `created` history row and the `contact.upserted` outbox row of this contact.
-    pub fn rows(&self) -> (contact_change::ActiveModel, outbox::entity::ActiveModel) {
-        let m = &self.model;
-        let change = change_row(m.tenant_id, m.id, "created", &self.keys, &self.actor, None, None, None);
-        let event = ContactUpserted {
-            contact_id: m.id.to_string(),
-            created: true,
-            changed_fields: self.keys.clone(),
-            source_channel: channel_to_proto(self.channel) as i32,
-        };
-        (change, outbox::row(m.tenant_id, Payload::ContactUpserted(event)))
-    }
-}
-
-/// Validates a create against the policy and builds the row (no IO).
-pub(crate) fn prepare_create(
-    policy: &FieldPolicy,
-    tenant_id: Uuid,
-    input: &ContactInput,
-    source: &Source,
-) -> Result<NewContact, ServiceError> {
-    let valid = validate::validate_input(policy, input)?;
-    let keys = valid.keys();
-    validate::check_required(policy, &|k| keys.iter().any(|p| p == k))?;
-    let now = carnet_kit::db::now();
-    let model = contact::Model {
-        id: Uuid::now_v7(),
-        tenant_id,
-        email: valid.email_opt,
-        first_name: valid.first_name_opt,
-        last_name: valid.last_name_opt,
-        phone: valid.phone_opt,
-        fields: fields_json(&valid.fields),
-        field_sources: serde_json::json!({}),
-        source_channel: source.channel.as_str().to_string(),
-        source_detail: source.detail.clone(),
-        source_actor: source.actor.clone(),
-        source_collected_at: carnet_kit::db::truncate(source.collected_at),
-        restricted: false,
-        restriction_reason: None,
-        restricted_at: None,
-        objected: false,
-        objection_reason: None,
-        objected_at: None,
-        version: 1,
-        created_at: now,
-        updated_at: now,
-    };
-    Ok(NewContact { model, keys, channel: source.channel, actor: source.actor.clone() })
-}
-
-/// Creates one contact in its own transaction: the path for a create that could not be
-/// committed with its batch.
-pub(crate) async fn create_one(
-    db: &Db,
-    tenant_id: Uuid,
-    input: &ContactInput,
-    source: &Source,
-) -> Result<Contact, ServiceError> {
-    let txn = db.begin_write().await.map_err(db_err)?;
-    let policy = load_policy(&txn, tenant_id).await?;
-    let new = prepare_create(&policy, tenant_id, input, source)?;
-    check_unique(&txn, tenant_id, None, new.model.email.as_deref(), new.model.phone.as_deref()).await?;
-    let (change, event) = new.rows();
-    let model = insert_contact(&txn, &db.read, new.model.into_active_model()).await?;
-    contact_change::Entity::insert(change).exec_without_returning(&txn).await.map_err(db_err)?;
-    outbox::entity::Entity::insert(event).exec_without_returning(&txn).await.map_err(db_err)?;
-    txn.commit().await.map_err(db_err)?;
-    to_domain(model)
-}
-
-pub(crate) async fn load_policy<C: ConnectionTrait>(conn: &C, tenant_id: Uuid) -> Result<FieldPolicy, ServiceError> {
-    // `all`, not `one`: see `find`.
-    let Some(row) = field_policy::Entity::find_by_id(tenant_id).all(conn).await.map_err(db_err)?.pop() else {
-        return Ok(FieldPolicy::default_policy());
-    };
-    let fields: Vec<FieldDefinition> =
-        serde_json::from_value(row.fields).map_err(|_| ServiceError::internal("stored field policy is unreadable"))?;
-    Ok(FieldPolicy { fields, version: row.version, updated_by: row.updated_by, updated_at_opt: Some(row.updated_at) })
-}
-
-async fn find<C: ConnectionTrait>(
-    conn: &C,
-    tenant_id: Uuid,
-    id: Uuid,
-    field: &str,
-) -> Result<contact::Model, ServiceError> {
-    // `all`, not `one`: the id is the primary key, and `one` adds `LIMIT ?`, whose bound value
-    // SQLite (3.51) reads while planning, so it re-prepares the statement on every execution.
-    contact::Entity::find()
-        .filter(contact::Column::TenantId.eq(tenant_id))
-        .filter(contact::Column::Id.eq(id))
-        .all(conn)
-        .await
-        .map_err(db_err)?
-        .pop()
-        .ok_or_else(|| ServiceError::not_found("contact", id).with_field(field))
-}
-
-/// Fails with `already_exists` (naming the field, carrying the holder's id) when another
-/// contact of the tenant holds the e-mail or phone.
-async fn check_unique<C: ConnectionTrait>(
-    conn: &C,
-    tenant_id: Uuid,
-    self_id_opt: Option<Uuid>,
-    email_opt: Option<&str>,
-    phone_opt: Option<&str>,
-) -> Result<(), ServiceError> {
-    for (field, column, value_opt) in
-        [("email", contact::Column::Email, email_opt), ("phone", contact::Column::Phone, phone_opt)]
-    {
-        let Some(value) = value_opt else { continue };
-        let mut select = contact::Entity::find()
-            .select_only()
-            .column(contact::Column::Id)
-            .filter(contact::Column::TenantId.eq(tenant_id))
-            .filter(column.eq(value));
-        if let Some(self_id) = self_id_opt {
-            select = select.filter(contact::Column::Id.ne(self_id));
-        }
-        // `all`, not `one`: see `find`; the unique index allows one holder at most.
-        if let Some(existing) = select.into_tuple::<Uuid>().all(conn).await.map_err(db_err)?.pop() {
-            return Err(duplicate(field, existing));
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn duplicate(field: &str, existing: Uuid) -> ServiceError {
-    ServiceError::new(ErrorCode::AlreadyExists, format!("{field}: already held by contact {existing}"))
-        .with_field(field)
-        .with_existing_id(existing.to_string())
-}
-
-/// Inserts, turning a unique violation (a concurrent duplicate) into `already_exists`.
-/// Inserts, turning a unique violation (a duplicate committed concurrently) into
-/// `already_exists`, looked up on `read` since the failed statement may have aborted `conn`.
-async fn insert_contact<C: ConnectionTrait>(
-    conn: &C,
-    read: &DatabaseConnection,
-    model: contact::ActiveModel,
-) -> Result<contact::Model, ServiceError> {
-    let (tenant_id, id) = (model.tenant_id.clone().unwrap(), model.id.clone().unwrap());
-    let (email_opt, phone_opt) = (model.email.clone().unwrap(), model.phone.clone().unwrap());
-    match model.insert(conn).await {
-        Ok(m) => Ok(m),
-        Err(err) => Err(unique_violation(read, tenant_id, id, err, email_opt, phone_opt).await),
-    }
-}
-
-/// Updates, with the same handling of unique violations as [`insert_contact`].
-async fn update_contact<C: ConnectionTrait>(
-    conn: &C,
-    read: &DatabaseConnection,
-    model: contact::ActiveModel,
-) -> Result<contact::Model, ServiceError> {
-    let (tenant_id, id) = (model.tenant_id.clone().unwrap(), model.id.clone().unwrap());
-    let (email_opt, phone_opt) = (model.email.clone().unwrap(), model.phone.clone().unwrap());
-    match model.update(conn).await {
-        Ok(m) => Ok(m),
-        Err(err) => Err(unique_violation(read, tenant_id, id, err, email_opt, phone_opt).await),
-    }
-}
-
-async fn unique_violation(
-    read: &DatabaseConnection,
-    tenant_id: Uuid,
-    id: Uuid,
-    err: DbErr,
-    email_opt: Option<String>,
-    phone_opt: Option<String>,
-) -> ServiceError {
-    if !matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
-        return db_err(err);
-    }
-    match check_unique(read, tenant_id, Some(id), email_opt.as_deref(), phone_opt.as_deref()).await {
-        Err(dup) if dup.code == ErrorCode::AlreadyExists => dup,
-        _ => ServiceError::new(ErrorCode::AlreadyExists, "e-mail or phone already held by another contact"),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn record_change<C: ConnectionTrait>(
-    conn: &C,
-    tenant_id: Uuid,
-    contact_id: Uuid,
-    kind: &str,
-    fields: &[String],
-    actor: &str,
-    reason_opt: Option<String>,
-    related_opt: Option<Uuid>,
-    related_source_opt: Option<&Source>,
-) -> Result<(), ServiceError> {
-    let change = change_row(tenant_id, contact_id, kind, fields, actor, reason_opt, related_opt, related_source_opt);
-    contact_change::Entity::insert(change).exec_without_returning(conn).await.map_err(db_err)?;
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn change_row(
-    tenant_id: Uuid,
-    contact_id: Uuid,
-    kind: &str,
-    fields: &[String],
-    actor: &str,
-    reason_opt: Option<String>,
-    related_opt: Option<Uuid>,
-    related_source_opt: Option<&Source>,
-) -> contact_change::ActiveModel {
-    contact_change::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        tenant_id: Set(tenant_id),
-        contact_id: Set(contact_id),
-        kind: Set(kind.to_string()),
-        fields: Set(serde_json::json!(fields)),
-        actor: Set(actor.to_string()),
-        reason: Set(reason_opt.filter(|r| !r.is_empty())),
-        related_contact_id: Set(related_opt),
-        source: Set(related_source_opt.map(|s| serde_json::to_value(s).expect("source serialises"))),
-        at: Set(carnet_kit::db::now()),
-    }
-}
-
-/// Records keyed-hash tombstones of an erased contact's e-mail and phone (Art. 17 erasures only,
-/// not a plain delete), so the person is not silently re-created.
-async fn write_tombstones<C: ConnectionTrait>(
-    conn: &C,
-    key: &[u8],
-    tenant_id: Uuid,
-    id: Uuid,
-    request_id: &str,
-) -> Result<(), ServiceError> {
-    let Some(c) = contact::Entity::find()
-        .filter(contact::Column::TenantId.eq(tenant_id))
-        .filter(contact::Column::Id.eq(id))
-        .all(conn)
-        .await
-        .map_err(db_err)?
-        .pop()
-    else {
-        return Ok(());
-    };
-    let request = if request_id.is_empty() { "(no request id)".to_string() } else { request_id.to_string() };
-    for (field, value_opt) in [("email", c.email), ("phone", c.phone)] {
-        let Some(value) = value_opt else { continue };
-        let row = tombstone::ActiveModel {
-            tenant_id: Set(tenant_id),
-            hash: Set(tombstone_hash(key, tenant_id, field, &value)),
-            field: Set(field.to_string()),
-            request_id: Set(request.clone()),
-            created_at: Set(carnet_kit::db::now()),
-        };
-        tombstone::Entity::insert(row)
-            .on_conflict(
-                sea_orm::sea_query::OnConflict::columns([tombstone::Column::TenantId, tombstone::Column::Hash])
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec_without_returning(conn)
-            .await
-            .map_err(db_err)?;
-    }
-    Ok(())
-}
-
-async fn remove_subject<C: ConnectionTrait>(
-    conn: &C,
-    tenant_id: Uuid,
-    id: Uuid,
-    request_id: &str,
-) -> Result<Erased, ServiceError> {
-    let changes = contact_change::Entity::delete_many()
-        .filter(contact_change::Column::TenantId.eq(tenant_id))
-        .filter(contact_change::Column::ContactId.eq(id))
-        .exec(conn)
-        .await
-        .map_err(db_err)?
-        .rows_affected;
-    let contacts = contact::Entity::delete_many()
-        .filter(contact::Column::TenantId.eq(tenant_id))
-        .filter(contact::Column::Id.eq(id))
-        .exec(conn)
-        .await
-        .map_err(db_err)?
-        .rows_affected;
-    if contacts > 0 {
-        let event =
-            ContactErased { contact_id: id.to_string(), request_id: request_id.to_string(), merged_ids: vec![] };
-        outbox::enqueue(conn, tenant_id, Payload::ContactErased(event)).await.map_err(db_err)?;
-    }
-    Ok(Erased { contacts, contact_changes: changes })
-}
-
-async fn load_history<C: ConnectionTrait>(
-    conn: &C,
-    tenant_id: Uuid,
-    id: Uuid,
-) -> Result<Vec<ContactChange>, ServiceError> {
-    let rows = contact_change::Entity::find()
-        .filter(contact_change::Column::TenantId.eq(tenant_id))
-        .filter(contact_change::Column::ContactId.eq(id))
-        .order_by_asc(contact_change::Column::Id)
-        .all(conn)
-        .await
-        .map_err(db_err)?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(ContactChange {
-                id: row.id,
-                kind: row.kind,
-                fields: serde_json::from_value(row.fields)
-                    .map_err(|_| ServiceError::internal("stored change is unreadable"))?,
-                actor: row.actor,
-                at: row.at,
-                reason_opt: row.reason,
-                related_contact_id_opt: row.related_contact_id,
-                related_source_opt: row
-                    .source
-                    .map(serde_json::from_value)
-                    .transpose()
-                    .map_err(|_| ServiceError::internal("stored source is unreadable"))?,
-            })
-        })
-        .collect()
-}
-
-fn fields_json(fields: &BTreeMap<String, FieldValue>) -> serde_json::Value {
-    serde_json::to_value(fields).expect("field values serialise")
-}
-
-fn current_fields(model: &contact::Model) -> BTreeMap<String, FieldValue> {
-    serde_json::from_value(model.fields.clone()).unwrap_or_default()
-}
-
-fn parse_channel(s: &str) -> Result<Channel, ServiceError> {
-    Channel::parse(s).ok_or_else(|| ServiceError::internal("stored source channel is unknown"))
-}
-
-fn source_of(model: &contact::Model) -> Result<Source, ServiceError> {
-    Ok(Source {
-        channel: parse_channel(&model.source_channel)?,
-        detail: model.source_detail.clone(),
-        actor: model.source_actor.clone(),
-        collected_at: model.source_collected_at,
-    })
-}
-
-fn decode_cursor(cursor: &str) -> Result<Uuid, ServiceError> {
-    URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| Uuid::from_slice(&bytes).ok())
-        .ok_or_else(|| ServiceError::invalid_field("cursor", "is not a cursor returned by this service"))
-}
-
-pub(crate) fn to_domain(model: contact::Model) -> Result<Contact, ServiceError> {
-    let source = source_of(&model)?;
-    let fields =
-        serde_json::from_value(model.fields).map_err(|_| ServiceError::internal("stored fields are unreadable"))?;
-    Ok(Contact {
-        id: model.id,
-        email: model.email,
-        first_name: model.first_name,
-        last_name: model.last_name,
-        phone: model.phone,
-        fields,
-        source,
-        restriction: Flag {
-            active: model.restricted,
-            reason_opt: model.restriction_reason,
-            since_opt: model.restricted_at,
-        },
-        objection: Flag { active: model.objected, reason_opt: model.objection_reason, since_opt: model.objected_at },
-        field_sources: serde_json::from_value(model.field_sources)
-            .map_err(|_| ServiceError::internal("stored field sources are unreadable"))?,
-        version: model.version,
-        created_at: model.created_at,
-        updated_at: model.updated_at,
-    })
 }

@@ -1,6 +1,7 @@
 //! The orchestration: access requests fan out `ExportSubject` to every participant in parallel
 //! (deadline and retries per call) and assemble one document; erasure confirmations complete
-//! requests; participants that have not confirmed are asked again with backoff.
+//! requests; participants that have not confirmed are asked again with backoff; every service's
+//! `audit.recorded` events are chained into the tenant's audit trail.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use carnet_kit::{Caller, CallerSigner, MeshKey, Permission, ServiceError};
 use carnet_proto::common::v1::{ExportSubjectRequest, ExportSubjectResponse};
 use carnet_proto::events::v1::{Event, event::Payload};
 
+use crate::audit_store::NewEntry;
 use crate::entity::request;
 use crate::store::DsarStore;
 use crate::{DsarConfig, Keys};
@@ -152,13 +154,16 @@ impl Engine {
         let plain = serde_json::to_vec_pretty(&document).map_err(|_| ServiceError::internal("export failed"))?;
         let (nonce, sealed) = self.inner.keys.seal(req.tenant_id, req.id, &plain);
         let expires = carnet_kit::db::now() + chrono::Duration::hours(self.inner.cfg.export_ttl_hours as i64);
-        self.inner.store.complete_access(req.tenant_id, req.id, nonce, sealed, expires, &counts).await?;
+        self.inner.store.complete_access(req, nonce, sealed, expires, &counts).await?;
         tracing::info!(tenant_id = %req.tenant_id, request_id = %req.id, "access export ready");
         Ok(())
     }
 
-    /// Handles `erasure.confirmed`.
+    /// Handles `erasure.confirmed` and `audit.recorded`.
     pub async fn on_event(&self, event: Event) -> Result<(), String> {
+        if matches!(event.payload, Some(Payload::AuditRecorded(_))) {
+            return self.on_audit(event).await;
+        }
         let Some(Payload::ErasureConfirmed(c)) = event.payload else { return Ok(()) };
         let tenant_id: Uuid = event.tenant_id.parse().map_err(|_| "bad tenant id".to_string())?;
         let request_id: Uuid = c.request_id.parse().map_err(|_| "bad request id".to_string())?;
@@ -172,6 +177,38 @@ impl Engine {
             }
             Ok(None) => Ok(()),
             Err(e) if e.code == carnet_kit::ErrorCode::NotFound => Ok(()),
+            Err(e) => Err(format!("{}: {}", e.code, e.message)),
+        }
+    }
+
+    /// Chains one `audit.recorded` into its tenant's trail (once per event id).
+    async fn on_audit(&self, event: Event) -> Result<(), String> {
+        let Some(Payload::AuditRecorded(a)) = event.payload else { return Ok(()) };
+        let (Ok(tenant_id), Ok(event_id)) = (event.tenant_id.parse::<Uuid>(), event.id.parse::<Uuid>()) else {
+            // Without an id it could not be stored once only; no service writes such an event.
+            tracing::error!(event_id = %event.id, "audit event without a valid tenant or id dropped");
+            return Ok(());
+        };
+        let occurred_at = event
+            .occurred_at
+            .as_ref()
+            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+            .unwrap_or_else(chrono::Utc::now);
+        let entry = NewEntry {
+            event_id,
+            occurred_at,
+            service: clean(a.service),
+            actor: clean(a.actor),
+            action: clean(a.action),
+            record_type: clean(a.record_type),
+            record_id: clean(a.record_id),
+            subject_id: clean(a.subject_id),
+            api: clean(a.api),
+            request_id: clean(a.request_id),
+            fields: a.fields.into_iter().map(clean).collect(),
+        };
+        match self.inner.store.append_audit(tenant_id, &entry).await {
+            Ok(_) => Ok(()),
             Err(e) => Err(format!("{}: {}", e.code, e.message)),
         }
     }
@@ -211,6 +248,19 @@ impl Engine {
             }
         }
     }
+}
+
+/// Longest value an audit entry keeps (ids, names and keys are far shorter).
+const MAX_AUDIT_CHARS: usize = 500;
+
+/// An audit value as the chain stores it: at most [`MAX_AUDIT_CHARS`], without control
+/// characters (PostgreSQL refuses NUL in text). An event that could never be stored would
+/// otherwise hold up its service's outbox forever.
+fn clean(value: String) -> String {
+    if value.len() <= MAX_AUDIT_CHARS && !value.chars().any(char::is_control) {
+        return value;
+    }
+    value.chars().take(MAX_AUDIT_CHARS).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
 }
 
 /// The access document: the services' data plus the Art. 15 facts, with a readable summary.
@@ -350,6 +400,13 @@ mod tests {
         assert_eq!(facts["automated_decisions"][0]["plugin"], "plugin lead-score@1.0.0");
         assert_eq!(facts["sources"][1]["field"], "lead_score");
         assert_eq!(facts["sources"][1]["detail"], "lead-score@1.0.0");
+    }
+
+    #[test]
+    fn test_audit_values_are_capped_and_free_of_control_characters() {
+        assert_eq!(clean("key:abc".into()), "key:abc");
+        assert_eq!(clean("a\0b\nc".into()), "a\u{fffd}b\u{fffd}c");
+        assert_eq!(clean("x".repeat(2_000)).chars().count(), MAX_AUDIT_CHARS);
     }
 
     #[test]

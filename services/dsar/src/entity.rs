@@ -125,3 +125,36 @@ pub mod export {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod audit {
+    use sea_orm::entity::prelude::*;
+
+    /// One entry of a tenant's audit chain (docs/audit.md).
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit_log")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub seq: i64,
+        pub event_id: Uuid,
+        pub occurred_at: DateTimeUtc,
+        pub recorded_at: DateTimeUtc,
+        pub actor: String,
+        pub action: String,
+        pub record_type: String,
+        pub record_id: String,
+        pub subject_id: String,
+        pub api: String,
+        pub request_id: String,
+        pub service: String,
+        pub fields: Json,
+        pub prev_hash: String,
+        pub hash: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

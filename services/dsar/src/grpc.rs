@@ -1,10 +1,12 @@
-//! The DSAR gRPC service. Every handler needs `dsar:manage` and logs ids only.
+//! The DSAR gRPC service. Every handler needs `dsar:manage` (the audit trail's: `audit:read`, see
+//! `audit_grpc`) and logs ids only; every change and every download is audited.
 
 use std::collections::BTreeMap;
 
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use carnet_kit::audit::Entry;
 use carnet_kit::grpc::{from_timestamp, parse_id, to_timestamp};
 use carnet_kit::{Caller, CallerSigner, ErrorCode, Permission, ServiceError};
 use carnet_proto::contacts::v1 as pb_contacts;
@@ -14,7 +16,7 @@ use carnet_proto::dsar::v1::dsar_service_server::DsarService;
 
 use crate::engine::Engine;
 use crate::entity::{hold, request, task};
-use crate::store::NewRequest;
+use crate::store::{NewRequest, entry};
 
 pub const KINDS: [&str; 5] = ["access", "erasure", "rectification", "restriction", "objection"];
 const MAX_REASON_CHARS: usize = 1_000;
@@ -27,6 +29,11 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     let caller = Caller::of(request)?;
     caller.require(Permission::DsarManage)?;
     Ok(caller)
+}
+
+/// Who calls, through which method: the common part of the audit entries of one call.
+fn stamp(caller: &Caller, method: &str) -> Entry {
+    Entry::new(caller, "", "", "", &format!("carnet.dsar.v1.DsarService/{method}"))
 }
 
 fn reason(field: &str, text: &str) -> Result<String, ServiceError> {
@@ -177,6 +184,7 @@ impl DsarService for DsarGrpc {
             participants: Vec::new(),
             pseudonym_opt: None,
             completed: false,
+            changed_fields: Vec::new(),
         };
         match req.kind.as_str() {
             "erasure" => {
@@ -216,6 +224,8 @@ impl DsarService for DsarGrpc {
                 // Every service holding a copy learns of it from `contact.upserted`.
                 new.recipients = cfg.participants.clone();
                 new.completed = true;
+                new.changed_fields =
+                    req.changes.keys().cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
             }
             _ => {
                 let flag = pb_contacts::SetFlagRequest {
@@ -235,7 +245,8 @@ impl DsarService for DsarGrpc {
                 new.completed = true;
             }
         }
-        let created = self.engine.store().create(caller.tenant_id, &caller.principal, new, retry).await?;
+        let created =
+            self.engine.store().create(caller.tenant_id, &stamp(&caller, "CreateRequest"), new, retry).await?;
         tracing::info!(tenant_id = %caller.tenant_id, request_id = %created.id, kind = %created.kind, contact_id = %subject_id, "dsar request created");
         if created.kind == "access" {
             self.engine.start_access(created.clone());
@@ -275,7 +286,7 @@ impl DsarService for DsarGrpc {
             1 => 1,
             _ => return Err(ServiceError::invalid_field("months", "is 1 or 2 (Art. 12(3))").into()),
         };
-        let r = self.engine.store().extend(caller.tenant_id, id, months, &why).await?;
+        let r = self.engine.store().extend(caller.tenant_id, &stamp(&caller, "Extend"), id, months, &why).await?;
         tracing::info!(tenant_id = %caller.tenant_id, request_id = %id, months, "deadline extended");
         Ok(Response::new(self.view(r).await?))
     }
@@ -285,7 +296,7 @@ impl DsarService for DsarGrpc {
         let req = request.into_inner();
         let id = parse_id("id", &req.id)?;
         let why = reason("reason", &req.reason)?;
-        let r = self.engine.store().reject(caller.tenant_id, id, &why).await?;
+        let r = self.engine.store().reject(caller.tenant_id, &stamp(&caller, "Reject"), id, &why).await?;
         tracing::info!(tenant_id = %caller.tenant_id, request_id = %id, "dsar request rejected");
         Ok(Response::new(self.view(r).await?))
     }
@@ -295,7 +306,8 @@ impl DsarService for DsarGrpc {
         let req = request.into_inner();
         let why = reason("reason", &req.reason)?;
         let subject_id = self.subject(&caller, &req.contact_id, "").await?;
-        let h = self.engine.store().place_hold(caller.tenant_id, &caller.principal, subject_id, &why).await?;
+        let h =
+            self.engine.store().place_hold(caller.tenant_id, &stamp(&caller, "PlaceHold"), subject_id, &why).await?;
         tracing::info!(tenant_id = %caller.tenant_id, hold_id = %h.id, contact_id = %subject_id, "legal hold placed");
         Ok(Response::new(hold_to_proto(h)))
     }
@@ -319,7 +331,7 @@ impl DsarService for DsarGrpc {
         let req = request.into_inner();
         let id = parse_id("id", &req.id)?;
         let why = reason("reason", &req.reason)?;
-        let h = self.engine.store().lift_hold(caller.tenant_id, &caller.principal, id, &why).await?;
+        let h = self.engine.store().lift_hold(caller.tenant_id, &stamp(&caller, "LiftHold"), id, &why).await?;
         tracing::info!(tenant_id = %caller.tenant_id, hold_id = %id, "legal hold lifted");
         Ok(Response::new(hold_to_proto(h)))
     }
@@ -352,6 +364,8 @@ impl DsarService for DsarGrpc {
             .keys()
             .open(caller.tenant_id, id, &e.nonce, &e.ciphertext)
             .ok_or_else(|| ServiceError::internal("the export cannot be decrypted"))?;
+        let downloaded = entry(&stamp(&caller, "DownloadExport"), "export", "dsar_request", id).subject(r.subject_id);
+        self.engine.store().record_audit(caller.tenant_id, downloaded).await?;
         tracing::info!(tenant_id = %caller.tenant_id, request_id = %id, "export downloaded");
         Ok(Response::new(pb::DownloadExportResponse { document_json: plain }))
     }
@@ -395,6 +409,7 @@ impl DsarService for DsarGrpc {
                 )
             })
             .collect();
+        let stamp = stamp(&caller, "ReplayErasures");
         // Walk every contact of the restored store and match its pseudonym against the ledger.
         let mut client = self.contacts(&caller, &[Permission::ContactsRead])?;
         let mut cursor = String::new();
@@ -410,7 +425,7 @@ impl DsarService for DsarGrpc {
                 if let Some((request_id, participants)) =
                     wanted.get(&self.engine.keys().pseudonym(caller.tenant_id, id))
                 {
-                    self.engine.store().replay(caller.tenant_id, *request_id, id, participants.clone()).await?;
+                    self.engine.store().replay(caller.tenant_id, &stamp, *request_id, id, participants.clone()).await?;
                     matched += 1;
                 }
             }
@@ -419,7 +434,32 @@ impl DsarService for DsarGrpc {
             }
             cursor = page.next_cursor;
         }
+        let replayed = entry(&stamp, "replay", "erasure_ledger", caller.tenant_id);
+        self.engine.store().record_audit(caller.tenant_id, replayed).await?;
         tracing::info!(tenant_id = %caller.tenant_id, entries = entries.len(), matched, "erasure ledger replayed");
         Ok(Response::new(pb::ReplayErasuresResponse { matched, entries: entries.len() as u64 }))
+    }
+
+    async fn query_audit(
+        &self,
+        request: Request<pb::QueryAuditRequest>,
+    ) -> Result<Response<pb::QueryAuditResponse>, Status> {
+        crate::audit_grpc::query(&self.engine, request).await
+    }
+
+    async fn verify_audit(
+        &self,
+        request: Request<pb::VerifyAuditRequest>,
+    ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
+        crate::audit_grpc::verify(&self.engine, request).await
+    }
+
+    type ExportAuditStream = crate::audit_grpc::ExportStream;
+
+    async fn export_audit(
+        &self,
+        request: Request<pb::ExportAuditRequest>,
+    ) -> Result<Response<Self::ExportAuditStream>, Status> {
+        crate::audit_grpc::export(&self.engine, request).await
     }
 }

@@ -4,8 +4,13 @@
 //! confirms, and the proof survives: requests with their Art. 12(3) deadlines, per-service tasks,
 //! legal holds, encrypted access exports, and the erasure ledger (pseudonyms, counts and times,
 //! no personal data). Erasure travels as `erasure.requested` on the bus; participants answer
-//! `erasure.confirmed`; whoever has not confirmed is asked again with backoff.
+//! `erasure.confirmed`; whoever has not confirmed is asked again with backoff. The service also
+//! keeps every tenant's audit trail: `audit.recorded` events from every service, chained per
+//! tenant (docs/audit.md).
 
+pub mod audit;
+pub mod audit_grpc;
+pub mod audit_store;
 pub mod engine;
 pub mod entity;
 pub mod grpc;
@@ -131,11 +136,12 @@ impl Keys {
     }
 }
 
-/// The bus consumer of the DSAR service: `erasure.confirmed` from the participants.
+/// The bus consumer of the DSAR service: `erasure.confirmed` from the participants, and
+/// `audit.recorded` from every service (the DSAR service's own included).
 pub fn consumer(engine: Engine) -> carnet_kit::bus::Consumer {
     carnet_kit::bus::Consumer {
         durable: SERVICE_NAME.to_string(),
-        kinds: vec!["erasure.confirmed".to_string()],
+        kinds: vec!["erasure.confirmed".to_string(), "audit.recorded".to_string()],
         handler: carnet_kit::bus::handler(move |event| {
             let engine = engine.clone();
             async move { engine.on_event(event).await }

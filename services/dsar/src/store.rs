@@ -1,6 +1,8 @@
 //! The DSAR database: requests and their per-service tasks, legal holds, encrypted exports and
 //! the erasure ledger. Every query is scoped by tenant, except the re-publisher's scan of due
-//! tasks, which carries each row's tenant along.
+//! tasks, which carries each row's tenant along. Each change writes its audit entry
+//! (`audit.recorded`) to the outbox in its own transaction, like every other service; the
+//! consumer then chains it (see `audit_store`).
 
 use std::collections::BTreeMap;
 
@@ -11,6 +13,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use carnet_kit::audit::{self, Entry};
 use carnet_kit::db::{Db, now};
 use carnet_kit::{ErrorCode, ServiceError};
 use carnet_proto::events::v1::{ErasureRequested, event::Payload};
@@ -51,16 +54,37 @@ pub struct NewRequest {
     pub pseudonym_opt: Option<String>,
     /// Set for requests finished at once (rectification, restriction, objection).
     pub completed: bool,
+    /// Rectification: the keys of the fields changed (never the values), for the audit trail.
+    pub changed_fields: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
 pub struct DsarStore {
     db: Db,
+    /// Audit appends of this process go one at a time: they all extend the same chains, so
+    /// concurrent ones would only lose the race for the next seq and retry. Replicas still race
+    /// each other (and retry, see `append_audit`).
+    pub(crate) append_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// One calendar month after `at` (Art. 12(3)), clamped to the month's last day.
 pub fn add_months(at: DateTime<Utc>, months: u32) -> DateTime<Utc> {
     at.checked_add_months(chrono::Months::new(months)).unwrap_or(at)
+}
+
+/// The audit entry of `action` on a record, from the `stamp` of who did it through which API.
+pub fn entry(stamp: &Entry, action: &'static str, record_type: &'static str, record_id: impl ToString) -> Entry {
+    Entry { action, record_type, record_id: record_id.to_string(), ..stamp.clone() }
+}
+
+/// Who acts when the DSAR service acts on its own: on an event (`bus`) or in its background
+/// engine (`background`).
+pub fn service_stamp(api: &str) -> Entry {
+    Entry { actor: "service:dsar".into(), api: api.to_string(), ..Entry::default() }
+}
+
+async fn record<C: ConnectionTrait>(conn: &C, tenant_id: Uuid, entry: Entry) -> Result<(), ServiceError> {
+    audit::record(conn, tenant_id, crate::SERVICE_NAME, entry).await.map_err(db_err)
 }
 
 fn erasure_event(request_id: Uuid, subject_id: Uuid, participants: Vec<String>) -> Payload {
@@ -73,11 +97,17 @@ fn erasure_event(request_id: Uuid, subject_id: Uuid, participants: Vec<String>) 
 
 impl DsarStore {
     pub fn new(db: Db) -> Self {
-        DsarStore { db }
+        DsarStore { db, append_lock: Default::default() }
     }
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// Writes an audit entry of an action that changed nothing here (a download, an export of
+    /// the trail), right after it.
+    pub async fn record_audit(&self, tenant_id: Uuid, entry: Entry) -> Result<(), ServiceError> {
+        record(&self.db.write, tenant_id, entry).await
     }
 
     /// Writes a request with its tasks (and, for an erasure, its ledger entry and the
@@ -85,10 +115,11 @@ impl DsarStore {
     pub async fn create(
         &self,
         tenant_id: Uuid,
-        actor: &str,
+        stamp: &Entry,
         new: NewRequest,
         retry_after: chrono::Duration,
     ) -> Result<request::Model, ServiceError> {
+        let actor = stamp.actor.as_str();
         let at = now();
         let id = Uuid::now_v7();
         let txn = self.db.begin_write().await.map_err(db_err)?;
@@ -150,7 +181,13 @@ impl DsarStore {
             .map_err(db_err)?;
             let event = erasure_event(id, new.subject_id, new.participants.clone());
             carnet_kit::outbox::enqueue(&txn, tenant_id, event).await.map_err(db_err)?;
+            // Who ordered the person's erasure: the participants erase later, on the event.
+            let erase = entry(stamp, "erase", "contact", new.subject_id).subject(new.subject_id);
+            record(&txn, tenant_id, erase).await?;
         }
+        let created =
+            entry(stamp, "create", "dsar_request", id).subject(new.subject_id).fields(new.changed_fields.clone());
+        record(&txn, tenant_id, created).await?;
         txn.commit().await.map_err(db_err)?;
         Ok(model)
     }
@@ -185,11 +222,17 @@ impl DsarStore {
     pub async fn extend(
         &self,
         tenant_id: Uuid,
+        stamp: &Entry,
         id: Uuid,
         months: u32,
         reason: &str,
     ) -> Result<request::Model, ServiceError> {
-        let current = self.request(tenant_id, id).await?;
+        let txn = self.db.begin_write().await.map_err(db_err)?;
+        let current = request::Entity::find_by_id((tenant_id, id))
+            .one(&txn)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| ServiceError::not_found("request", id))?;
         if current.extended {
             return Err(ServiceError::new(ErrorCode::FailedPrecondition, format!("request {id} was already extended"))
                 .with_field("id"));
@@ -205,11 +248,20 @@ impl DsarStore {
         row.due_at = Set(add_months(current.due_at, months));
         row.extended = Set(true);
         row.extension_reason = Set(Some(reason.to_string()));
-        row.update(&self.db.write).await.map_err(db_err)
+        let model = row.update(&txn).await.map_err(db_err)?;
+        record(&txn, tenant_id, entry(stamp, "extend", "dsar_request", id).subject(model.subject_id)).await?;
+        txn.commit().await.map_err(db_err)?;
+        Ok(model)
     }
 
     /// Rejects an open request with a reason; its pending tasks are cancelled (no re-asking).
-    pub async fn reject(&self, tenant_id: Uuid, id: Uuid, reason: &str) -> Result<request::Model, ServiceError> {
+    pub async fn reject(
+        &self,
+        tenant_id: Uuid,
+        stamp: &Entry,
+        id: Uuid,
+        reason: &str,
+    ) -> Result<request::Model, ServiceError> {
         let txn = self.db.begin_write().await.map_err(db_err)?;
         let current = request::Entity::find_by_id((tenant_id, id))
             .one(&txn)
@@ -249,6 +301,7 @@ impl DsarStore {
         row.rejection_reason = Set(Some(reason.to_string()));
         row.completed_at = Set(Some(now()));
         let model = row.update(&txn).await.map_err(db_err)?;
+        record(&txn, tenant_id, entry(stamp, "reject", "dsar_request", id).subject(model.subject_id)).await?;
         txn.commit().await.map_err(db_err)?;
         Ok(model)
     }
@@ -258,35 +311,41 @@ impl DsarStore {
     pub async fn place_hold(
         &self,
         tenant_id: Uuid,
-        actor: &str,
+        stamp: &Entry,
         subject_id: Uuid,
         reason: &str,
     ) -> Result<hold::Model, ServiceError> {
-        hold::ActiveModel {
+        let id = Uuid::now_v7();
+        let txn = self.db.begin_write().await.map_err(db_err)?;
+        let model = hold::ActiveModel {
             tenant_id: Set(tenant_id),
-            id: Set(Uuid::now_v7()),
+            id: Set(id),
             subject_id: Set(subject_id),
             reason: Set(reason.to_string()),
-            placed_by: Set(actor.to_string()),
+            placed_by: Set(stamp.actor.clone()),
             placed_at: Set(now()),
             lifted_at: Set(None),
             lifted_by: Set(None),
             lift_reason: Set(None),
         }
-        .insert(&self.db.write)
+        .insert(&txn)
         .await
-        .map_err(db_err)
+        .map_err(db_err)?;
+        record(&txn, tenant_id, entry(stamp, "place", "legal_hold", id).subject(subject_id)).await?;
+        txn.commit().await.map_err(db_err)?;
+        Ok(model)
     }
 
     pub async fn lift_hold(
         &self,
         tenant_id: Uuid,
-        actor: &str,
+        stamp: &Entry,
         id: Uuid,
         reason: &str,
     ) -> Result<hold::Model, ServiceError> {
+        let txn = self.db.begin_write().await.map_err(db_err)?;
         let current = hold::Entity::find_by_id((tenant_id, id))
-            .one(&self.db.read)
+            .one(&txn)
             .await
             .map_err(db_err)?
             .ok_or_else(|| ServiceError::not_found("legal hold", id))?;
@@ -295,9 +354,12 @@ impl DsarStore {
         }
         let mut row: hold::ActiveModel = current.into();
         row.lifted_at = Set(Some(now()));
-        row.lifted_by = Set(Some(actor.to_string()));
+        row.lifted_by = Set(Some(stamp.actor.clone()));
         row.lift_reason = Set(Some(reason.to_string()));
-        row.update(&self.db.write).await.map_err(db_err)
+        let model = row.update(&txn).await.map_err(db_err)?;
+        record(&txn, tenant_id, entry(stamp, "lift", "legal_hold", id).subject(model.subject_id)).await?;
+        txn.commit().await.map_err(db_err)?;
+        Ok(model)
     }
 
     pub async fn holds(&self, tenant_id: Uuid, subject_opt: Option<Uuid>) -> Result<Vec<hold::Model>, ServiceError> {
@@ -336,14 +398,14 @@ impl DsarStore {
         if res.rows_affected == 0 {
             return Ok(None);
         }
-        let received_at = request::Entity::find()
+        let request_opt = request::Entity::find()
             .filter(request::Column::TenantId.eq(tenant_id))
             .filter(request::Column::Id.eq(request_id))
             .all(&txn)
             .await
             .map_err(db_err)?
-            .pop()
-            .map_or(at, |r| r.received_at);
+            .pop();
+        let received_at = request_opt.as_ref().map_or(at, |r| r.received_at);
         let tasks = task::Entity::find()
             .filter(task::Column::TenantId.eq(tenant_id))
             .filter(task::Column::RequestId.eq(request_id))
@@ -375,6 +437,9 @@ impl DsarStore {
                 .exec(&txn)
                 .await
                 .map_err(db_err)?;
+            let mut completed = entry(&service_stamp("bus"), "complete", "dsar_request", request_id);
+            completed.subject_id_opt = request_opt.as_ref().map(|r| r.subject_id);
+            record(&txn, tenant_id, completed).await?;
         }
         txn.commit().await.map_err(db_err)?;
         Ok(Some(Confirmed { completed: done, lag: at - received_at }))
@@ -439,13 +504,13 @@ impl DsarStore {
     /// Stores the encrypted export of an access request and completes it with its task counts.
     pub async fn complete_access(
         &self,
-        tenant_id: Uuid,
-        request_id: Uuid,
+        req: &request::Model,
         nonce: Vec<u8>,
         ciphertext: Vec<u8>,
         expires_at: DateTime<Utc>,
         counts: &BTreeMap<String, u64>,
     ) -> Result<(), ServiceError> {
+        let (tenant_id, request_id) = (req.tenant_id, req.id);
         let at = now();
         let txn = self.db.begin_write().await.map_err(db_err)?;
         export::ActiveModel {
@@ -479,6 +544,9 @@ impl DsarStore {
             .exec(&txn)
             .await
             .map_err(db_err)?;
+        let completed =
+            entry(&service_stamp("background"), "complete", "dsar_request", request_id).subject(req.subject_id);
+        record(&txn, tenant_id, completed).await?;
         txn.commit().await.map_err(db_err)?;
         Ok(())
     }
@@ -533,6 +601,7 @@ impl DsarStore {
     pub async fn replay(
         &self,
         tenant_id: Uuid,
+        stamp: &Entry,
         request_id: Uuid,
         subject_id: Uuid,
         participants: Vec<String>,
@@ -541,6 +610,7 @@ impl DsarStore {
         carnet_kit::outbox::enqueue(&txn, tenant_id, erasure_event(request_id, subject_id, participants))
             .await
             .map_err(db_err)?;
+        record(&txn, tenant_id, entry(stamp, "replay", "dsar_request", request_id).subject(subject_id)).await?;
         txn.commit().await.map_err(db_err)?;
         Ok(())
     }

@@ -11,6 +11,7 @@ use tonic::transport::Channel;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
+use carnet_kit::audit::Entry;
 use carnet_kit::{Caller, CallerSigner, ErrorCode, MeshKey, Permission, ServiceError};
 use carnet_plugin_host::{Host, Manifest, Plugin, RunError};
 use carnet_proto::common::v1 as pb_common;
@@ -23,6 +24,8 @@ use crate::store::EnrichmentStore;
 
 /// The principal of automatic runs.
 pub const PRINCIPAL: &str = "service:enrichment";
+/// The API of manual runs, as the audit trail names it.
+pub const ENRICH_API: &str = "carnet.enrichment.v1.EnrichmentService/EnrichContact";
 
 /// What started a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,12 +155,17 @@ impl Engine {
         CallerSigner::new(self.inner.mesh_key.clone(), Caller::new(tenant_id, principal, perms.iter().copied()))
     }
 
+    /// A contacts client acting as `principal`, carrying the edge's request id (so the contacts
+    /// service's audit entries of the write-back correlate with the run's).
     fn contacts(
         &self,
         tenant_id: Uuid,
         principal: &str,
+        request_id: &str,
     ) -> ContactsServiceClient<InterceptedService<Channel, CallerSigner>> {
-        let signer = self.signer(tenant_id, principal, &[Permission::ContactsRead, Permission::ContactsWrite]);
+        let mut caller = Caller::new(tenant_id, principal, [Permission::ContactsRead, Permission::ContactsWrite]);
+        caller.request_id = request_id.to_string();
+        let signer = CallerSigner::new(self.inner.mesh_key.clone(), caller);
         ContactsServiceClient::with_interceptor(self.inner.contacts.clone(), signer)
     }
 
@@ -166,7 +174,7 @@ impl Engine {
     pub async fn install(
         &self,
         tenant_id: Uuid,
-        actor: &str,
+        stamp: &Entry,
         manifest_text: &str,
         component: &[u8],
         enabled_opt: Option<bool>,
@@ -195,7 +203,7 @@ impl Engine {
             component: &lifted,
             enabled_opt,
         };
-        self.inner.store.install(tenant_id, actor, new).await
+        self.inner.store.install(tenant_id, stamp, new).await
     }
 
     fn cached(&self, sha: &str, manifest_text: &str) -> (Option<Arc<Plugin>>, (String, String)) {
@@ -263,6 +271,24 @@ impl Engine {
         trigger: Trigger,
         principal: &str,
     ) -> Result<Vec<run::Model>, ServiceError> {
+        let api = match trigger {
+            Trigger::Auto(_) => "bus",
+            Trigger::Manual => ENRICH_API,
+        };
+        let stamp = Entry { actor: principal.to_string(), api: api.to_string(), ..Entry::default() };
+        self.enrich_as(tenant_id, contact_id, trigger, &stamp).await
+    }
+
+    /// [`Engine::enrich`] for the caller of `stamp` (its principal acts; runs that wrote values
+    /// are audited under it).
+    pub async fn enrich_as(
+        &self,
+        tenant_id: Uuid,
+        contact_id: Uuid,
+        trigger: Trigger,
+        stamp: &Entry,
+    ) -> Result<Vec<run::Model>, ServiceError> {
+        let principal = stamp.actor.as_str();
         let settings = self.inner.store.settings(tenant_id).await?;
         if let Trigger::Auto(changed_at) = trigger {
             // Off, or switched on only after this change: nothing runs on its own.
@@ -275,7 +301,7 @@ impl Engine {
         if plugins.is_empty() {
             return Ok(Vec::new());
         }
-        let mut contacts = self.contacts(tenant_id, principal);
+        let mut contacts = self.contacts(tenant_id, principal, &stamp.request_id);
         let mut contact =
             match contacts.get_contact(pb_contacts::GetContactRequest { id: contact_id.to_string() }).await {
                 Ok(found) => found.into_inner(),
@@ -333,7 +359,7 @@ impl Engine {
                 self.run_one(tenant_id, &mut contacts, &mut contact, &types, &ready, plugin, trigger, principal).await;
             runs.push(row);
         }
-        self.inner.store.record_runs(runs.clone()).await?;
+        self.inner.store.record_runs(runs.clone(), stamp).await?;
         Ok(runs)
     }
 

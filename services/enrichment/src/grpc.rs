@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use tonic::{Request, Response, Status};
 
+use carnet_kit::audit::Entry;
 use carnet_kit::grpc::{parse_id, to_timestamp};
 use carnet_kit::{Caller, Permission, ServiceError};
 use carnet_plugin_host::Manifest;
@@ -23,6 +24,11 @@ impl EnrichmentGrpc {
     pub fn new(engine: Engine) -> Self {
         EnrichmentGrpc { engine }
     }
+}
+
+/// Who calls, through which method: the common part of the call's audit entries.
+fn stamp(caller: &Caller, method: &str) -> Entry {
+    Entry::new(caller, "", "", "", &format!("carnet.enrichment.v1.EnrichmentService/{method}"))
 }
 
 fn caller<T>(request: &Request<T>, any_of: &[Permission]) -> Result<Caller, Status> {
@@ -92,7 +98,7 @@ impl EnrichmentService for EnrichmentGrpc {
         let req = request.into_inner();
         let row = self
             .engine
-            .install(caller.tenant_id, &caller.principal, &req.manifest, &req.component, req.enabled)
+            .install(caller.tenant_id, &stamp(&caller, "InstallPlugin"), &req.manifest, &req.component, req.enabled)
             .await?;
         tracing::info!(tenant_id = %caller.tenant_id, plugin = %row.name, version = %row.version, "plugin installed");
         Ok(Response::new(plugin_to_proto(row.into())))
@@ -123,7 +129,7 @@ impl EnrichmentService for EnrichmentGrpc {
             profiling_allowed_opt: req.profiling_allowed,
             plugins: req.plugins.into_iter().collect::<BTreeMap<_, _>>(),
         };
-        self.engine.store().update_settings(caller.tenant_id, &caller.principal, patch).await?;
+        self.engine.store().update_settings(caller.tenant_id, &stamp(&caller, "UpdateSettings"), patch).await?;
         tracing::info!(tenant_id = %caller.tenant_id, "enrichment settings changed");
         Ok(Response::new(self.settings_proto(&caller).await?))
     }
@@ -134,7 +140,8 @@ impl EnrichmentService for EnrichmentGrpc {
     ) -> Result<Response<pb::EnrichContactResponse>, Status> {
         let caller = caller(&request, &[Permission::ContactsWrite])?;
         let id = parse_id("contact_id", &request.get_ref().contact_id)?;
-        let runs = self.engine.enrich(caller.tenant_id, id, Trigger::Manual, &caller.principal).await?;
+        let runs =
+            self.engine.enrich_as(caller.tenant_id, id, Trigger::Manual, &stamp(&caller, "EnrichContact")).await?;
         Ok(Response::new(pb::EnrichContactResponse { runs: runs.iter().map(run_to_proto).collect() }))
     }
 

@@ -1,5 +1,6 @@
 //! The enrichment store: installed plugins, the tenant switches and the run ledger, every query
-//! scoped by tenant.
+//! scoped by tenant. Installs, switch changes and runs that wrote values write their audit entry
+//! (`audit.recorded`, docs/audit.md) in their transaction.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +10,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use carnet_kit::audit::{self, Entry};
 use carnet_kit::db::Db;
 use carnet_kit::{ErrorCode, ServiceError, outbox};
 
@@ -17,6 +19,15 @@ use crate::entity::{plugin, run, settings};
 fn db_err(err: DbErr) -> ServiceError {
     tracing::error!(error = %err, "enrichment database error");
     ServiceError::internal("database error")
+}
+
+/// The audit entry of `action` on a record, from the `stamp` of who did it through which API.
+pub fn entry(stamp: &Entry, action: &'static str, record_type: &'static str, record_id: impl ToString) -> Entry {
+    Entry { action, record_type, record_id: record_id.to_string(), ..stamp.clone() }
+}
+
+async fn record<C: sea_orm::ConnectionTrait>(conn: &C, tenant_id: Uuid, entry: Entry) -> Result<(), ServiceError> {
+    audit::record(conn, tenant_id, crate::SERVICE_NAME, entry).await.map_err(db_err)
 }
 
 /// The tenant switches. Privacy by default (Art. 25): a tenant that never chose has both off.
@@ -76,9 +87,19 @@ impl EnrichmentStore {
     pub async fn update_settings(
         &self,
         tenant_id: Uuid,
-        actor: &str,
+        stamp: &Entry,
         patch: SettingsPatch,
     ) -> Result<(), ServiceError> {
+        let actor = stamp.actor.as_str();
+        // The switches named (setting keys, not personal data).
+        let mut changed: Vec<String> = Vec::new();
+        if patch.auto_enrichment_opt.is_some() {
+            changed.push("auto_enrichment".into());
+        }
+        if patch.profiling_allowed_opt.is_some() {
+            changed.push("profiling_allowed".into());
+        }
+        changed.extend(patch.plugins.keys().map(|name| format!("plugins.{name}")));
         let txn = self.db.begin_write().await.map_err(db_err)?;
         let now = carnet_kit::db::now();
         let current = settings::Entity::find_by_id(tenant_id).all(&txn).await.map_err(db_err)?.pop();
@@ -118,6 +139,7 @@ impl EnrichmentStore {
             model.enabled = Set(enabled);
             model.update(&txn).await.map_err(db_err)?;
         }
+        record(&txn, tenant_id, entry(stamp, "update", "enrichment_settings", tenant_id).fields(changed)).await?;
         txn.commit().await.map_err(db_err)
     }
 
@@ -153,9 +175,10 @@ impl EnrichmentStore {
     pub async fn install(
         &self,
         tenant_id: Uuid,
-        actor: &str,
+        stamp: &Entry,
         new: NewPlugin<'_>,
     ) -> Result<plugin::Model, ServiceError> {
+        let actor = stamp.actor.as_str();
         let txn = self.db.begin_write().await.map_err(db_err)?;
         let current = plugin::Entity::find()
             .filter(plugin::Column::TenantId.eq(tenant_id))
@@ -207,17 +230,32 @@ impl EnrichmentStore {
                 model
             }
         };
+        let installed = entry(stamp, "install", "plugin", format!("{}@{}", model.name, model.version));
+        record(&txn, tenant_id, installed).await?;
         txn.commit().await.map_err(db_err)?;
         Ok(model)
     }
 
-    pub async fn record_runs(&self, runs: Vec<run::Model>) -> Result<(), ServiceError> {
+    /// Records runs; each run that wrote values is audited as `enrich` of the contact with the
+    /// written keys, by `stamp` (the caller, or `service:enrichment` on its own), in the same
+    /// transaction.
+    pub async fn record_runs(&self, runs: Vec<run::Model>, stamp: &Entry) -> Result<(), ServiceError> {
         if runs.is_empty() {
             return Ok(());
         }
+        let mut audits = Vec::new();
+        for r in runs.iter().filter(|r| r.outcome == "written") {
+            let written: Vec<String> = serde_json::from_value(r.fields_written.clone()).unwrap_or_default();
+            let enriched = entry(stamp, "enrich", "contact", r.contact_id).subject(r.contact_id).fields(written);
+            audits.push(audit::row(r.tenant_id, crate::SERVICE_NAME, enriched));
+        }
         let rows: Vec<run::ActiveModel> = runs.into_iter().map(|r| r.into_active_model()).collect();
-        run::Entity::insert_many(rows).exec_without_returning(&self.db.write).await.map_err(db_err)?;
-        Ok(())
+        let txn = self.db.begin_write().await.map_err(db_err)?;
+        run::Entity::insert_many(rows).exec_without_returning(&txn).await.map_err(db_err)?;
+        if !audits.is_empty() {
+            outbox::entity::Entity::insert_many(audits).exec_without_returning(&txn).await.map_err(db_err)?;
+        }
+        txn.commit().await.map_err(db_err)
     }
 
     /// The run ledger, newest first, of one contact or of the tenant.
