@@ -311,3 +311,40 @@ async fn test_rectification_and_restriction_requests_apply_and_name_their_recipi
     assert_eq!(queue.json["requests"].as_array().unwrap().len(), 2);
     sb.stop().await;
 }
+
+/// Participants that confirm at the same moment: exactly one of them sees that it was the last,
+/// and the request completes (on PostgreSQL two concurrent confirmations once each saw the
+/// other's task pending, and the request stayed in progress for ever).
+async fn concurrent_confirmations_complete_the_request(sb: &Sandbox) {
+    let db = node::open_database(&sb.config, Target::Dsar, false).await.unwrap();
+    let store = carnet_dsar::DsarStore::new(db.clone());
+    let tenant_id = Uuid::now_v7();
+    let participants: Vec<String> = (0..8).map(|i| format!("service{i}")).collect();
+    for round in 0..5 {
+        let caller = carnet_kit::Caller::new(tenant_id, "key:race", [carnet_kit::Permission::DsarManage]);
+        let stamp = carnet_kit::audit::Entry::new(&caller, "create", "dsar_request", "", "test");
+        let new = carnet_dsar::store::NewRequest {
+            kind: "erasure".into(),
+            subject_id: Uuid::now_v7(),
+            verification: "attested".into(),
+            details: json!({}),
+            recipients: vec![],
+            participants: participants.clone(),
+            pseudonym_opt: Some(format!("p{round}")),
+            completed: false,
+            changed_fields: vec![],
+        };
+        let request = store.create(tenant_id, &stamp, new, chrono::Duration::seconds(60)).await.unwrap();
+        let confirms = participants.iter().map(|p| {
+            let store = store.clone();
+            let p = p.clone();
+            tokio::spawn(async move { store.confirm(tenant_id, request.id, &p, Default::default()).await.unwrap() })
+        });
+        let results: Vec<_> = futures::future::join_all(confirms).await.into_iter().map(|r| r.unwrap()).collect();
+        let completed = results.iter().filter(|c| c.is_some_and(|c| c.completed)).count();
+        assert_eq!(completed, 1, "round {round}: exactly one confirmation is the last");
+        assert_eq!(store.request(tenant_id, request.id).await.unwrap().status, "completed", "round {round}");
+    }
+    db.close().await;
+}
+carnet_tests::both_modes!(concurrent_confirmations_complete_the_request);

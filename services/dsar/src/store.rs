@@ -384,6 +384,19 @@ impl DsarStore {
     ) -> Result<Option<Confirmed>, ServiceError> {
         let at = now();
         let txn = self.db.begin_write().await.map_err(db_err)?;
+        // Confirmations of one request go one at a time: each reads every task to see whether
+        // it was the last, and two concurrent ones (PostgreSQL, read committed) would each see
+        // the other's task still pending, so neither would complete the request. SQLite's
+        // write transactions are serialised already.
+        if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+            request::Entity::find()
+                .filter(request::Column::TenantId.eq(tenant_id))
+                .filter(request::Column::Id.eq(request_id))
+                .lock_exclusive()
+                .all(&txn)
+                .await
+                .map_err(db_err)?;
+        }
         let res = task::Entity::update_many()
             .col_expr(task::Column::Status, Expr::value(CONFIRMED))
             .col_expr(task::Column::ConfirmedAt, Expr::value(at))
