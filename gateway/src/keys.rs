@@ -32,11 +32,6 @@ pub const SERVICE_NAME: &str = "gateway";
 /// create`) rather than over HTTP.
 pub const CLI_API: &str = "cli";
 
-/// The audit entry of `action` on a record, from the `stamp` of who did it through which API.
-pub fn entry(stamp: &Entry, action: &'static str, record_type: &'static str, record_id: impl ToString) -> Entry {
-    Entry { action, record_type, record_id: record_id.to_string(), ..stamp.clone() }
-}
-
 /// The stamp of `actor` working with the store directly.
 fn cli_stamp(actor: &str) -> Entry {
     Entry { actor: actor.to_string(), api: CLI_API.to_string(), ..Entry::default() }
@@ -192,9 +187,9 @@ impl KeyStore {
             .map_err(db_err)?;
         let key = insert_key(&txn, tenant_id, Role::Owner, "initial owner key", created_by).await?;
         let stamp = cli_stamp(created_by);
-        record(&txn, tenant_id, entry(&stamp, "create", "tenant", tenant_id)).await?;
+        record(&txn, tenant_id, stamp.of("create", "tenant", tenant_id)).await?;
         let (key_id, _) = parse_key(&key).expect("minted keys parse");
-        record(&txn, tenant_id, entry(&stamp, "create", "api_key", key_id)).await?;
+        record(&txn, tenant_id, stamp.of("create", "api_key", key_id)).await?;
         txn.commit().await.map_err(db_err)?;
         Ok((tenant_id, key))
     }
@@ -229,7 +224,7 @@ impl KeyStore {
         }
         let key = insert_key(&txn, tenant_id, role, label, created_by).await?;
         let (id, _) = parse_key(&key).expect("minted keys parse");
-        record(&txn, tenant_id, entry(stamp, "create", "api_key", id)).await?;
+        record(&txn, tenant_id, stamp.of("create", "api_key", id)).await?;
         txn.commit().await.map_err(db_err)?;
         Ok((id, key))
     }
@@ -273,7 +268,7 @@ impl KeyStore {
             let mut model: api_key::ActiveModel = row.into();
             model.revoked_at = Set(Some(carnet_kit::db::now()));
             let row = model.update(&txn).await.map_err(db_err)?;
-            record(&txn, tenant_id, entry(stamp, "revoke", "api_key", key_id)).await?;
+            record(&txn, tenant_id, stamp.of("revoke", "api_key", key_id)).await?;
             row
         } else {
             row

@@ -48,6 +48,17 @@ impl Entry {
         }
     }
 
+    /// The stamp of a call: who asked, through which API, with the request id. Each action of
+    /// the call then becomes an entry with [`Entry::of`].
+    pub fn stamp(caller: &Caller, api: &str) -> Self {
+        Entry::new(caller, "", "", "", api)
+    }
+
+    /// The entry of `action` on a record, from this stamp.
+    pub fn of(&self, action: &'static str, record_type: &'static str, record_id: impl ToString) -> Self {
+        Entry { action, record_type, record_id: record_id.to_string(), ..self.clone() }
+    }
+
     /// The contact the record belongs to.
     pub fn subject(mut self, subject_id: Uuid) -> Self {
         self.subject_id_opt = Some(subject_id);

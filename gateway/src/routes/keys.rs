@@ -79,7 +79,7 @@ pub async fn create_key(
             format!("a key with role {role} would hold {} which the caller lacks", missing.as_str()),
         ));
     }
-    let stamp = Entry::new(&auth.0, "", "", "", "POST /v1/api-keys");
+    let stamp = Entry::stamp(&auth.0, "POST /v1/api-keys");
     let (id, key) = state.keys.create_key_as(auth.0.tenant_id, role, &body.label, &stamp).await?;
     tracing::info!(tenant_id = %auth.0.tenant_id, key_id = %id, %role, "api key created");
     Ok((StatusCode::CREATED, Json(CreatedKey { id: id.to_string(), api_key: key, role: role.to_string() })))
@@ -104,7 +104,7 @@ pub async fn revoke_key(
 ) -> Result<Json<KeyView>, ApiError> {
     auth.require(Permission::KeysManage)?;
     let id = path_id("id", &id)?;
-    let stamp = Entry::new(&auth.0, "", "", "", "DELETE /v1/api-keys/{id}");
+    let stamp = Entry::stamp(&auth.0, "DELETE /v1/api-keys/{id}");
     let key = state.keys.revoke_key(auth.0.tenant_id, id, &stamp).await?;
     tracing::info!(tenant_id = %auth.0.tenant_id, key_id = %id, "api key revoked");
     Ok(Json(view(key)))

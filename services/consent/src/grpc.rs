@@ -191,7 +191,7 @@ impl ConsentGrpc {
 
 /// Who calls, through which method: the common part of the call's audit entries.
 fn stamp(caller: &Caller, method: &str) -> Entry {
-    Entry::new(caller, "", "", "", &format!("carnet.consent.v1.ConsentService/{method}"))
+    Entry::stamp(caller, &format!("carnet.consent.v1.ConsentService/{method}"))
 }
 
 fn caller<T>(request: &Request<T>, permissions: &[Permission]) -> Result<Caller, Status> {

@@ -57,7 +57,7 @@ async fn audited<C: ConnectionTrait>(
     record_id: impl ToString,
     edit: impl FnOnce(Entry) -> Entry,
 ) -> Result<(), ServiceError> {
-    let entry = edit(Entry { action, record_type, record_id: record_id.to_string(), ..stamp.clone() });
+    let entry = edit(stamp.of(action, record_type, record_id));
     audit::record(conn, tenant_id, crate::SERVICE_NAME, entry).await.map_err(db_err)
 }
 

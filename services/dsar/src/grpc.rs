@@ -16,7 +16,7 @@ use carnet_proto::dsar::v1::dsar_service_server::DsarService;
 
 use crate::engine::Engine;
 use crate::entity::{hold, request, task};
-use crate::store::{NewRequest, entry};
+use crate::store::NewRequest;
 
 pub const KINDS: [&str; 5] = ["access", "erasure", "rectification", "restriction", "objection"];
 const MAX_REASON_CHARS: usize = 1_000;
@@ -33,7 +33,7 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
 
 /// Who calls, through which method: the common part of the audit entries of one call.
 fn stamp(caller: &Caller, method: &str) -> Entry {
-    Entry::new(caller, "", "", "", &format!("carnet.dsar.v1.DsarService/{method}"))
+    Entry::stamp(caller, &format!("carnet.dsar.v1.DsarService/{method}"))
 }
 
 fn reason(field: &str, text: &str) -> Result<String, ServiceError> {
@@ -364,7 +364,7 @@ impl DsarService for DsarGrpc {
             .keys()
             .open(caller.tenant_id, id, &e.nonce, &e.ciphertext)
             .ok_or_else(|| ServiceError::internal("the export cannot be decrypted"))?;
-        let downloaded = entry(&stamp(&caller, "DownloadExport"), "export", "dsar_request", id).subject(r.subject_id);
+        let downloaded = stamp(&caller, "DownloadExport").of("export", "dsar_request", id).subject(r.subject_id);
         self.engine.store().record_audit(caller.tenant_id, downloaded).await?;
         tracing::info!(tenant_id = %caller.tenant_id, request_id = %id, "export downloaded");
         Ok(Response::new(pb::DownloadExportResponse { document_json: plain }))
@@ -434,7 +434,7 @@ impl DsarService for DsarGrpc {
             }
             cursor = page.next_cursor;
         }
-        let replayed = entry(&stamp, "replay", "erasure_ledger", caller.tenant_id);
+        let replayed = stamp.of("replay", "erasure_ledger", caller.tenant_id);
         self.engine.store().record_audit(caller.tenant_id, replayed).await?;
         tracing::info!(tenant_id = %caller.tenant_id, entries = entries.len(), matched, "erasure ledger replayed");
         Ok(Response::new(pb::ReplayErasuresResponse { matched, entries: entries.len() as u64 }))

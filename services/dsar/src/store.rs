@@ -72,11 +72,6 @@ pub fn add_months(at: DateTime<Utc>, months: u32) -> DateTime<Utc> {
     at.checked_add_months(chrono::Months::new(months)).unwrap_or(at)
 }
 
-/// The audit entry of `action` on a record, from the `stamp` of who did it through which API.
-pub fn entry(stamp: &Entry, action: &'static str, record_type: &'static str, record_id: impl ToString) -> Entry {
-    Entry { action, record_type, record_id: record_id.to_string(), ..stamp.clone() }
-}
-
 /// Who acts when the DSAR service acts on its own: on an event (`bus`) or in its background
 /// engine (`background`).
 pub fn service_stamp(api: &str) -> Entry {
@@ -182,11 +177,10 @@ impl DsarStore {
             let event = erasure_event(id, new.subject_id, new.participants.clone());
             carnet_kit::outbox::enqueue(&txn, tenant_id, event).await.map_err(db_err)?;
             // Who ordered the person's erasure: the participants erase later, on the event.
-            let erase = entry(stamp, "erase", "contact", new.subject_id).subject(new.subject_id);
+            let erase = stamp.of("erase", "contact", new.subject_id).subject(new.subject_id);
             record(&txn, tenant_id, erase).await?;
         }
-        let created =
-            entry(stamp, "create", "dsar_request", id).subject(new.subject_id).fields(new.changed_fields.clone());
+        let created = stamp.of("create", "dsar_request", id).subject(new.subject_id).fields(new.changed_fields.clone());
         record(&txn, tenant_id, created).await?;
         txn.commit().await.map_err(db_err)?;
         Ok(model)
@@ -249,7 +243,7 @@ impl DsarStore {
         row.extended = Set(true);
         row.extension_reason = Set(Some(reason.to_string()));
         let model = row.update(&txn).await.map_err(db_err)?;
-        record(&txn, tenant_id, entry(stamp, "extend", "dsar_request", id).subject(model.subject_id)).await?;
+        record(&txn, tenant_id, stamp.of("extend", "dsar_request", id).subject(model.subject_id)).await?;
         txn.commit().await.map_err(db_err)?;
         Ok(model)
     }
@@ -301,7 +295,7 @@ impl DsarStore {
         row.rejection_reason = Set(Some(reason.to_string()));
         row.completed_at = Set(Some(now()));
         let model = row.update(&txn).await.map_err(db_err)?;
-        record(&txn, tenant_id, entry(stamp, "reject", "dsar_request", id).subject(model.subject_id)).await?;
+        record(&txn, tenant_id, stamp.of("reject", "dsar_request", id).subject(model.subject_id)).await?;
         txn.commit().await.map_err(db_err)?;
         Ok(model)
     }
@@ -331,7 +325,7 @@ impl DsarStore {
         .insert(&txn)
         .await
         .map_err(db_err)?;
-        record(&txn, tenant_id, entry(stamp, "place", "legal_hold", id).subject(subject_id)).await?;
+        record(&txn, tenant_id, stamp.of("place", "legal_hold", id).subject(subject_id)).await?;
         txn.commit().await.map_err(db_err)?;
         Ok(model)
     }
@@ -357,7 +351,7 @@ impl DsarStore {
         row.lifted_by = Set(Some(stamp.actor.clone()));
         row.lift_reason = Set(Some(reason.to_string()));
         let model = row.update(&txn).await.map_err(db_err)?;
-        record(&txn, tenant_id, entry(stamp, "lift", "legal_hold", id).subject(model.subject_id)).await?;
+        record(&txn, tenant_id, stamp.of("lift", "legal_hold", id).subject(model.subject_id)).await?;
         txn.commit().await.map_err(db_err)?;
         Ok(model)
     }
@@ -450,7 +444,7 @@ impl DsarStore {
                 .exec(&txn)
                 .await
                 .map_err(db_err)?;
-            let mut completed = entry(&service_stamp("bus"), "complete", "dsar_request", request_id);
+            let mut completed = service_stamp("bus").of("complete", "dsar_request", request_id);
             completed.subject_id_opt = request_opt.as_ref().map(|r| r.subject_id);
             record(&txn, tenant_id, completed).await?;
         }
@@ -557,8 +551,7 @@ impl DsarStore {
             .exec(&txn)
             .await
             .map_err(db_err)?;
-        let completed =
-            entry(&service_stamp("background"), "complete", "dsar_request", request_id).subject(req.subject_id);
+        let completed = service_stamp("background").of("complete", "dsar_request", request_id).subject(req.subject_id);
         record(&txn, tenant_id, completed).await?;
         txn.commit().await.map_err(db_err)?;
         Ok(())
@@ -623,7 +616,7 @@ impl DsarStore {
         carnet_kit::outbox::enqueue(&txn, tenant_id, erasure_event(request_id, subject_id, participants))
             .await
             .map_err(db_err)?;
-        record(&txn, tenant_id, entry(stamp, "replay", "dsar_request", request_id).subject(subject_id)).await?;
+        record(&txn, tenant_id, stamp.of("replay", "dsar_request", request_id).subject(subject_id)).await?;
         txn.commit().await.map_err(db_err)?;
         Ok(())
     }

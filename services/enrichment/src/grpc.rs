@@ -28,7 +28,7 @@ impl EnrichmentGrpc {
 
 /// Who calls, through which method: the common part of the call's audit entries.
 fn stamp(caller: &Caller, method: &str) -> Entry {
-    Entry::new(caller, "", "", "", &format!("carnet.enrichment.v1.EnrichmentService/{method}"))
+    Entry::stamp(caller, &format!("carnet.enrichment.v1.EnrichmentService/{method}"))
 }
 
 fn caller<T>(request: &Request<T>, any_of: &[Permission]) -> Result<Caller, Status> {

@@ -21,11 +21,6 @@ fn db_err(err: DbErr) -> ServiceError {
     ServiceError::internal("database error")
 }
 
-/// The audit entry of `action` on a record, from the `stamp` of who did it through which API.
-pub fn entry(stamp: &Entry, action: &'static str, record_type: &'static str, record_id: impl ToString) -> Entry {
-    Entry { action, record_type, record_id: record_id.to_string(), ..stamp.clone() }
-}
-
 async fn record<C: sea_orm::ConnectionTrait>(conn: &C, tenant_id: Uuid, entry: Entry) -> Result<(), ServiceError> {
     audit::record(conn, tenant_id, crate::SERVICE_NAME, entry).await.map_err(db_err)
 }
@@ -139,7 +134,7 @@ impl EnrichmentStore {
             model.enabled = Set(enabled);
             model.update(&txn).await.map_err(db_err)?;
         }
-        record(&txn, tenant_id, entry(stamp, "update", "enrichment_settings", tenant_id).fields(changed)).await?;
+        record(&txn, tenant_id, stamp.of("update", "enrichment_settings", tenant_id).fields(changed)).await?;
         txn.commit().await.map_err(db_err)
     }
 
@@ -230,7 +225,7 @@ impl EnrichmentStore {
                 model
             }
         };
-        let installed = entry(stamp, "install", "plugin", format!("{}@{}", model.name, model.version));
+        let installed = stamp.of("install", "plugin", format!("{}@{}", model.name, model.version));
         record(&txn, tenant_id, installed).await?;
         txn.commit().await.map_err(db_err)?;
         Ok(model)
@@ -246,7 +241,7 @@ impl EnrichmentStore {
         let mut audits = Vec::new();
         for r in runs.iter().filter(|r| r.outcome == "written") {
             let written: Vec<String> = serde_json::from_value(r.fields_written.clone()).unwrap_or_default();
-            let enriched = entry(stamp, "enrich", "contact", r.contact_id).subject(r.contact_id).fields(written);
+            let enriched = stamp.of("enrich", "contact", r.contact_id).subject(r.contact_id).fields(written);
             audits.push(audit::row(r.tenant_id, crate::SERVICE_NAME, enriched));
         }
         let rows: Vec<run::ActiveModel> = runs.into_iter().map(|r| r.into_active_model()).collect();
