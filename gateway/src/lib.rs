@@ -231,7 +231,7 @@ impl AppState {
 
 /// Builds the HTTP router.
 pub fn router(state: AppState) -> Router {
-    use routes::{audit, comms, consent, contacts, dsar, enrichment, forms, keys, public};
+    use routes::{audit, comms, consent, contacts, dsar, enrichment, forms, keys, public, retention};
     // Bodies are read at most this far: a larger one is refused without being buffered whole.
     let body_limit = axum::extract::DefaultBodyLimit::max(state.config.max_body_bytes);
     Router::new()
@@ -279,6 +279,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/legal-holds", post(dsar::place_hold).get(dsar::list_holds))
         .route("/v1/legal-holds/{id}/lift", post(dsar::lift_hold))
         .route("/v1/erasure-ledger", get(dsar::ledger))
+        .route("/v1/retention", get(retention::get).put(retention::put))
+        .route("/v1/retention/run", post(retention::run))
+        .route("/v1/retention/purges", get(retention::purges))
         .route("/v1/audit", get(audit::query))
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/audit/export", get(audit::export))

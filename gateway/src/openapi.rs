@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::Problem;
-use crate::routes::{audit, comms, consent, contacts, dsar, enrichment, forms, keys};
+use crate::routes::{audit, comms, consent, contacts, dsar, enrichment, forms, keys, retention};
 
 struct BearerAuth;
 
@@ -74,6 +74,10 @@ impl Modify for BearerAuth {
         dsar::list_holds,
         dsar::lift_hold,
         dsar::ledger,
+        retention::get,
+        retention::put,
+        retention::run,
+        retention::purges,
         audit::query,
         audit::verify,
         audit::export,

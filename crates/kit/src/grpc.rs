@@ -30,6 +30,20 @@ pub fn endpoint(uri: &str) -> Result<tonic::transport::Endpoint, tonic::transpor
     Ok(tonic::transport::Endpoint::from_shared(uri.to_string())?.tcp_nodelay(true))
 }
 
+/// The cutoff of a retention `PurgeExpired` request (docs/retention.md): required, and not in
+/// the future (a purge never reaches records younger than now).
+pub fn purge_cutoff(req: &carnet_proto::common::v1::PurgeExpiredRequest) -> Result<DateTime<Utc>, ServiceError> {
+    let before = req
+        .before
+        .as_ref()
+        .ok_or_else(|| ServiceError::invalid_field("before", "is required"))
+        .and_then(|t| from_timestamp("before", t))?;
+    if before > Utc::now() {
+        return Err(ServiceError::invalid_field("before", "is in the future"));
+    }
+    Ok(before)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

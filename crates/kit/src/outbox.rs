@@ -46,6 +46,7 @@ pub fn kind_of(payload: &Payload) -> &'static str {
         Payload::ErasureRequested(_) => "erasure.requested",
         Payload::ErasureConfirmed(_) => "erasure.confirmed",
         Payload::AuditRecorded(_) => "audit.recorded",
+        Payload::ContactActivity(_) => "contact.activity",
     }
 }
 

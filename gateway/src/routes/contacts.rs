@@ -142,6 +142,9 @@ pub struct ContactView {
     pub version: i64,
     pub created_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
+    /// The last sign of a relationship (a person's change, a flag, a consent change, a logged
+    /// call); retention counts inactivity from it (docs/retention.md).
+    pub last_activity_at: Option<DateTime<Utc>>,
 }
 
 fn time(ts: Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
@@ -176,6 +179,7 @@ impl From<pb::Contact> for ContactView {
             version: c.version,
             created_at: time(c.created_at),
             updated_at: time(c.updated_at),
+            last_activity_at: time(c.last_activity_at),
         }
     }
 }

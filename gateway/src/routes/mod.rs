@@ -9,3 +9,4 @@ pub mod enrichment;
 pub mod forms;
 pub mod keys;
 pub mod public;
+pub mod retention;

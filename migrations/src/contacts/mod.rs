@@ -6,6 +6,7 @@ mod m20261129_000001_create_contacts;
 mod m20261129_000002_erasure_tombstones;
 mod m20261129_000003_field_sources;
 mod m20261129_000004_sealed_personal_data;
+mod m20261130_000005_last_activity;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000002_erasure_tombstones::Migration),
             Box::new(m20261129_000003_field_sources::Migration),
             Box::new(m20261129_000004_sealed_personal_data::Migration),
+            Box::new(m20261130_000005_last_activity::Migration),
         ]
     }
 

@@ -14,6 +14,7 @@ pub mod entity;
 pub mod grpc;
 pub mod mailer;
 pub mod peers;
+pub mod retention;
 pub mod store;
 pub mod template;
 

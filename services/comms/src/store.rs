@@ -1067,6 +1067,13 @@ impl CommsStore {
         let model = row.insert(&txn).await.map_err(db_err)?;
         let entry = audit.entry("call", "call", id, Some(model.contact_id)).fields(fields);
         audit_trail::record(&txn, tenant_id, SERVICE_NAME, entry).await.map_err(db_err)?;
+        // A call is a sign of a relationship: the contact's last activity moves (retention).
+        let activity = carnet_proto::events::v1::ContactActivity {
+            contact_id: model.contact_id.to_string(),
+            kind: "call".to_string(),
+        };
+        let event = carnet_proto::events::v1::event::Payload::ContactActivity(activity);
+        carnet_kit::outbox::enqueue(&txn, tenant_id, event).await.map_err(db_err)?;
         txn.commit().await.map_err(db_err)?;
         Ok(model)
     }

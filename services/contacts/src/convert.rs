@@ -151,6 +151,7 @@ pub fn contact_to_proto(contact: Contact) -> pb::Contact {
         version: contact.version,
         created_at: Some(to_timestamp(contact.created_at)),
         updated_at: Some(to_timestamp(contact.updated_at)),
+        last_activity_at: Some(to_timestamp(contact.last_activity_at)),
     }
 }
 

@@ -214,6 +214,8 @@ pub struct Contact {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The last sign of a relationship (retention counts inactivity from it).
+    pub last_activity_at: DateTime<Utc>,
 }
 
 /// One entry of a contact's change history: which fields, when, by whom. Never old values.

@@ -29,6 +29,8 @@ pub mod contact {
         pub version: i64,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
+        /// Retention counts inactivity from here (see `proto` `Contact.last_activity_at`).
+        pub last_activity_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -240,6 +240,39 @@ impl ContactsService for ContactsGrpc {
         }))
     }
 
+    async fn list_inactive(
+        &self,
+        request: Request<pb::ListInactiveRequest>,
+    ) -> Result<Response<pb::ListInactiveResponse>, Status> {
+        let caller = caller(&request, Permission::DsarManage)?;
+        let req = request.into_inner();
+        let before = req
+            .before
+            .as_ref()
+            .ok_or_else(|| ServiceError::invalid_field("before", "is required"))
+            .and_then(|t| carnet_kit::grpc::from_timestamp("before", t))?;
+        let after_opt = if req.after_id.is_empty() { None } else { Some(parse_id("after_id", &req.after_id)?) };
+        let limit = match req.limit {
+            0 => 500,
+            n if u64::from(n) <= crate::activity::MAX_INACTIVE_PAGE => u64::from(n),
+            _ => return Err(ServiceError::invalid_field("limit", "is at most 1000").into()),
+        };
+        let rows = self.store.inactive(caller.tenant_id, before, after_opt, limit).await?;
+        let next_after_id = if rows.len() as u64 == limit {
+            rows.last().map(|(id, _)| id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let contacts = rows
+            .into_iter()
+            .map(|(id, at)| pb::InactiveContact {
+                id: id.to_string(),
+                last_activity_at: Some(carnet_kit::grpc::to_timestamp(at)),
+            })
+            .collect();
+        Ok(Response::new(pb::ListInactiveResponse { contacts, next_after_id }))
+    }
+
     async fn erase_subject(
         &self,
         request: Request<pb_common::EraseSubjectRequest>,

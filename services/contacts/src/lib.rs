@@ -4,6 +4,7 @@
 //! history and the restriction (Art. 18) and objection (Art. 21) flags. Emits
 //! `contact.upserted`, `contact.merged` and `contact.erased` through its outbox.
 
+pub mod activity;
 pub mod audit;
 pub mod batch;
 pub mod convert;
@@ -52,10 +53,36 @@ impl Validate for ContactsConfig {
 }
 
 /// The bus consumer of the contacts service: erases a subject on `erasure.requested` and
-/// confirms in the same transaction.
+/// confirms in the same transaction; moves a contact's last activity on `consent.changed` and
+/// `contact.activity` (retention counts inactivity from it).
 pub fn consumer(store: ContactStore) -> carnet_kit::bus::Consumer {
-    carnet_kit::bus::erasure_consumer(SERVICE_NAME, move |tenant_id, request_id, subject_id| {
-        let store = store.clone();
+    use carnet_proto::events::v1::event::Payload;
+    let erase_store = store.clone();
+    let mut consumer = carnet_kit::bus::erasure_consumer(SERVICE_NAME, move |tenant_id, request_id, subject_id| {
+        let store = erase_store.clone();
         async move { store.erase_for_request(tenant_id, subject_id, &request_id).await.map(|_| ()) }
-    })
+    });
+    let erase = consumer.handler.clone();
+    consumer.kinds.extend(["consent.changed".to_string(), "contact.activity".to_string()]);
+    consumer.handler = carnet_kit::bus::handler(move |event| {
+        let store = store.clone();
+        let erase = erase.clone();
+        async move {
+            let contact_id = match &event.payload {
+                Some(Payload::ConsentChanged(c)) => &c.contact_id,
+                Some(Payload::ContactActivity(a)) => &a.contact_id,
+                _ => return erase(event).await,
+            };
+            let (Ok(tenant_id), Ok(contact_id)) = (event.tenant_id.parse(), contact_id.parse()) else {
+                return Ok(());
+            };
+            let at = event
+                .occurred_at
+                .as_ref()
+                .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+                .unwrap_or_else(chrono::Utc::now);
+            store.touch(tenant_id, contact_id, at).await.map(|_| ()).map_err(|e| format!("{}: {}", e.code, e.message))
+        }
+    });
+    consumer
 }

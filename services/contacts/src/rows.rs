@@ -144,6 +144,7 @@ pub(crate) fn prepare_create(
         version: 1,
         created_at: now,
         updated_at: now,
+        last_activity_at: Some(now),
     };
     Ok(NewContact {
         model,
@@ -506,5 +507,6 @@ pub(crate) fn to_domain(model: contact::Model, personal_opt: Option<Personal>) -
         version: model.version,
         created_at: model.created_at,
         updated_at: model.updated_at,
+        last_activity_at: model.last_activity_at.unwrap_or(model.updated_at),
     })
 }

@@ -352,7 +352,12 @@ impl ContactStore {
         model.phone_index = Set(ix.phone_opt.clone());
         model.field_sources = Set(serde_json::to_value(&field_sources).expect("sources serialise"));
         model.version = Set(version + 1);
-        model.updated_at = Set(carnet_kit::db::now());
+        let now = carnet_kit::db::now();
+        model.updated_at = Set(now);
+        // A plugin's write is not a sign of a relationship: it must not keep data alive.
+        if !patch.source_opt.as_ref().is_some_and(|s| s.channel == crate::domain::Channel::Enrichment) {
+            model.last_activity_at = Set(Some(now));
+        }
         let model = update_contact(&txn, &self.db.read, model).await?;
         if changed.iter().any(|k| k == "first_name" || k == "last_name") {
             replace_tokens(&txn, tenant_id, id, &ix).await?;
@@ -592,7 +597,9 @@ impl ContactStore {
         model.email_index = Set(ix.email_opt.clone());
         model.phone_index = Set(ix.phone_opt.clone());
         model.version = Set(keep.version + 1);
-        model.updated_at = Set(carnet_kit::db::now());
+        let now = carnet_kit::db::now();
+        model.updated_at = Set(now);
+        model.last_activity_at = Set(Some(now));
         let model = update_contact(&txn, &self.db.read, model).await?;
         replace_tokens(&txn, tenant_id, id, &ix).await?;
         let row =
@@ -663,6 +670,7 @@ impl ContactStore {
         model.personal = Set(Some(seal_personal(write_key.as_ref(), tenant_id, id, &next)));
         model.version = Set(version);
         model.updated_at = Set(now);
+        model.last_activity_at = Set(Some(now));
         let model = update_contact(&txn, &self.db.read, model).await?;
         let fields = [field.to_string()];
         let row =

@@ -84,23 +84,41 @@ impl Engine {
         service: &str,
         subject_id: Uuid,
     ) -> Result<ExportSubjectResponse, ServiceError> {
+        let req = ExportSubjectRequest { subject_id: subject_id.to_string() };
+        self.call(tenant_id, service, "ExportSubject", req, &[Permission::DsarManage]).await
+    }
+
+    /// Calls `method` of `service` as `service:dsar` with `permissions`, whatever the service:
+    /// every Carnet service follows the same naming ([`method_path`]).
+    pub async fn call<Req, Resp>(
+        &self,
+        tenant_id: Uuid,
+        service: &str,
+        method: &str,
+        message: Req,
+        permissions: &[Permission],
+    ) -> Result<Resp, ServiceError>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
         let channel = self
             .inner
             .channels
             .get(service)
             .cloned()
             .ok_or_else(|| ServiceError::internal(format!("no channel to participant {service}")))?;
-        let caller = Caller::new(tenant_id, "service:dsar", [Permission::DsarManage]);
-        let mut request = tonic::Request::new(ExportSubjectRequest { subject_id: subject_id.to_string() });
+        let caller = Caller::new(tenant_id, "service:dsar", permissions.iter().copied());
+        let mut request = tonic::Request::new(message);
         CallerSigner::new(self.inner.mesh_key.clone(), caller).apply(&mut request);
         request.set_timeout(Duration::from_millis(self.inner.cfg.call_timeout_ms));
         let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(256 * 1024 * 1024);
         grpc.ready()
             .await
             .map_err(|_| ServiceError::new(carnet_kit::ErrorCode::Unavailable, format!("{service} is unavailable")))?;
-        let path = tonic::codegen::http::uri::PathAndQuery::try_from(method_path(service, "ExportSubject"))
+        let path = tonic::codegen::http::uri::PathAndQuery::try_from(method_path(service, method))
             .map_err(|_| ServiceError::internal("bad participant name"))?;
-        let codec: tonic_prost::ProstCodec<ExportSubjectRequest, ExportSubjectResponse> = Default::default();
+        let codec: tonic_prost::ProstCodec<Req, Resp> = Default::default();
         grpc.unary(request, path, codec).await.map(|r| r.into_inner()).map_err(|s| ServiceError::from_status(&s))
     }
 
@@ -150,7 +168,8 @@ impl Engine {
                 }
             }
         }
-        let document = assemble(req, &parts, &counts);
+        let settings_opt = self.inner.store.retention_settings(req.tenant_id).await?;
+        let document = assemble(req, &parts, &counts, crate::retention::statement(settings_opt.as_ref()));
         let plain = serde_json::to_vec_pretty(&document).map_err(|_| ServiceError::internal("export failed"))?;
         let (nonce, sealed) = self.inner.keys.seal(req.tenant_id, req.id, &plain);
         let expires = carnet_kit::db::now() + chrono::Duration::hours(self.inner.cfg.export_ttl_hours as i64);
@@ -159,10 +178,28 @@ impl Engine {
         Ok(())
     }
 
-    /// Handles `erasure.confirmed` and `audit.recorded`.
+    /// Handles `erasure.confirmed`, `audit.recorded` and `consent.changed` (retention's erasure
+    /// on withdrawal).
     pub async fn on_event(&self, event: Event) -> Result<(), String> {
         if matches!(event.payload, Some(Payload::AuditRecorded(_))) {
             return self.on_audit(event).await;
+        }
+        if let Some(Payload::ConsentChanged(c)) = &event.payload {
+            if c.status != "withdrawn" {
+                return Ok(());
+            }
+            let (Ok(tenant_id), Ok(contact_id)) = (event.tenant_id.parse(), c.contact_id.parse()) else {
+                return Ok(());
+            };
+            let at = event
+                .occurred_at
+                .as_ref()
+                .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+                .unwrap_or_else(chrono::Utc::now);
+            return self
+                .on_consent_changed(tenant_id, contact_id, at)
+                .await
+                .map_err(|e| format!("{}: {}", e.code, e.message));
         }
         let Some(Payload::ErasureConfirmed(c)) = event.payload else { return Ok(()) };
         let tenant_id: Uuid = event.tenant_id.parse().map_err(|_| "bad tenant id".to_string())?;
@@ -221,7 +258,12 @@ impl Engine {
         let max = chrono::Duration::milliseconds(self.inner.cfg.retry_max_ms as i64);
         let tick = Duration::from_millis((self.inner.cfg.retry_base_ms / 2).clamp(50, 5_000));
         let mut rounds: u64 = 0;
+        let mut retention = crate::retention::Schedule::new(self.inner.cfg.retention_interval_ms);
         loop {
+            if retention.due() {
+                let this = self.clone();
+                tokio::spawn(async move { this.sweep_retention().await });
+            }
             if let Err(e) = self.inner.store.republish_due(base, max).await {
                 tracing::warn!(code = e.code.as_str(), "re-publishing erasures failed");
             }
@@ -268,6 +310,7 @@ fn assemble(
     req: &request::Model,
     parts: &BTreeMap<String, serde_json::Value>,
     counts: &BTreeMap<String, u64>,
+    retention: serde_json::Value,
 ) -> serde_json::Value {
     let contacts = parts.get("contacts").cloned().unwrap_or_default();
     let consent = parts.get("consent").cloned().unwrap_or_default();
@@ -337,7 +380,7 @@ fn assemble(
             "data_categories": categories,
             "sources": sources,
             "recipients": recipients,
-            "retention": "kept until the person asks for erasure or the tenant's retention policy removes it",
+            "retention": retention,
             "automated_decisions": automated,
         },
         "services": parts,
@@ -385,7 +428,7 @@ mod tests {
             ),
         ]
         .into();
-        let doc = assemble(&req, &parts, &BTreeMap::new());
+        let doc = assemble(&req, &parts, &BTreeMap::new(), crate::retention::statement(None));
         let facts = &doc["article_15"];
         assert_eq!(
             facts["recipients"],

@@ -158,3 +158,79 @@ pub mod audit {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod retention_settings {
+    use sea_orm::entity::prelude::*;
+
+    /// A tenant's retention policies and switches (docs/retention.md).
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "retention_settings")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: Uuid,
+        /// `[{record_type, days, warn_days}]`.
+        pub policies: Json,
+        pub erase_on_withdrawal: bool,
+        pub warning_purpose: String,
+        pub warning_subject: String,
+        pub warning_body: String,
+        pub updated_by: String,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod retention_purge {
+    use sea_orm::entity::prelude::*;
+
+    /// The record of one purge: which policy, which cutoff, how many records (ids only).
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "retention_purges")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub record_type: String,
+        pub service: String,
+        pub trigger: String,
+        pub days: i32,
+        pub cutoff: DateTimeUtc,
+        pub purged: i64,
+        pub warned: i64,
+        pub skipped: i64,
+        pub request_ids: Json,
+        pub actor: String,
+        pub ran_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod retention_warning {
+    use sea_orm::entity::prelude::*;
+
+    /// The last inactivity warning mailed to a contact.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "retention_warnings")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub subject_id: Uuid,
+        pub warned_at: DateTimeUtc,
+        pub outcome: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -462,4 +462,32 @@ impl DsarService for DsarGrpc {
     ) -> Result<Response<Self::ExportAuditStream>, Status> {
         crate::audit_grpc::export(&self.engine, request).await
     }
+
+    async fn get_retention(
+        &self,
+        request: Request<pb::GetRetentionRequest>,
+    ) -> Result<Response<pb::Retention>, Status> {
+        crate::retention_grpc::get(&self.engine, request).await
+    }
+
+    async fn set_retention(
+        &self,
+        request: Request<pb::SetRetentionRequest>,
+    ) -> Result<Response<pb::Retention>, Status> {
+        crate::retention_grpc::set(&self.engine, request).await
+    }
+
+    async fn run_retention(
+        &self,
+        request: Request<pb::RunRetentionRequest>,
+    ) -> Result<Response<pb::RunRetentionResponse>, Status> {
+        crate::retention_grpc::run(&self.engine, request).await
+    }
+
+    async fn list_purges(
+        &self,
+        request: Request<pb::ListPurgesRequest>,
+    ) -> Result<Response<pb::ListPurgesResponse>, Status> {
+        crate::retention_grpc::list(&self.engine, request).await
+    }
 }

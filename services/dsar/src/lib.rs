@@ -14,6 +14,9 @@ pub mod audit_store;
 pub mod engine;
 pub mod entity;
 pub mod grpc;
+pub mod retention;
+pub mod retention_grpc;
+pub mod retention_store;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -55,6 +58,9 @@ pub struct DsarConfig {
     pub retry_max_ms: u64,
     /// Deadline of one ExportSubject call.
     pub call_timeout_ms: u64,
+    /// How often the retention scheduler applies every tenant's policies (docs/retention.md);
+    /// 0 turns it off (`RunRetention` still works).
+    pub retention_interval_ms: u64,
 }
 
 impl Validate for DsarConfig {
@@ -141,7 +147,7 @@ impl Keys {
 pub fn consumer(engine: Engine) -> carnet_kit::bus::Consumer {
     carnet_kit::bus::Consumer {
         durable: SERVICE_NAME.to_string(),
-        kinds: vec!["erasure.confirmed".to_string(), "audit.recorded".to_string()],
+        kinds: vec!["erasure.confirmed".to_string(), "audit.recorded".to_string(), "consent.changed".to_string()],
         handler: carnet_kit::bus::handler(move |event| {
             let engine = engine.clone();
             async move { engine.on_event(event).await }

@@ -622,7 +622,7 @@ impl DsarStore {
     }
 }
 
-async fn active_hold<C: ConnectionTrait>(
+pub(crate) async fn active_hold<C: ConnectionTrait>(
     conn: &C,
     tenant_id: Uuid,
     subject_id: Uuid,

@@ -203,6 +203,22 @@ impl EnrichmentService for EnrichmentGrpc {
         }))
     }
 
+    async fn purge_expired(
+        &self,
+        request: Request<pb_common::PurgeExpiredRequest>,
+    ) -> Result<Response<pb_common::PurgeExpiredResponse>, Status> {
+        let caller = caller(&request, &[Permission::DsarManage])?;
+        let req = request.into_inner();
+        let before = carnet_kit::grpc::purge_cutoff(&req)?;
+        let purged = self.engine.store().purge_expired(caller.tenant_id, &req.record_type, before, req.dry_run).await?;
+        tracing::info!(tenant_id = %caller.tenant_id, record_type = %req.record_type, purged, dry_run = req.dry_run, "retention purge");
+        Ok(Response::new(pb_common::PurgeExpiredResponse {
+            service: crate::SERVICE_NAME.to_string(),
+            record_type: req.record_type,
+            purged,
+        }))
+    }
+
     async fn erase_subject(
         &self,
         request: Request<pb_common::EraseSubjectRequest>,

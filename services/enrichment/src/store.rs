@@ -302,3 +302,29 @@ impl EnrichmentStore {
         Ok(removed)
     }
 }
+
+impl EnrichmentStore {
+    /// Retention (docs/retention.md): deletes — or, on a dry run, counts — the tenant's run
+    /// ledger entries older than `before` (the only record type enrichment purges: `enrichment_runs`).
+    pub async fn purge_expired(
+        &self,
+        tenant_id: Uuid,
+        record_type: &str,
+        before: chrono::DateTime<chrono::Utc>,
+        dry_run: bool,
+    ) -> Result<u64, ServiceError> {
+        if record_type != "enrichment_runs" {
+            return Err(ServiceError::invalid_field(
+                "record_type",
+                format!("enrichment purges enrichment_runs, not `{record_type}`"),
+            ));
+        }
+        let expired =
+            sea_orm::Condition::all().add(run::Column::TenantId.eq(tenant_id)).add(run::Column::At.lt(before));
+        if dry_run {
+            use sea_orm::PaginatorTrait as _;
+            return run::Entity::find().filter(expired).count(&self.db.read).await.map_err(db_err);
+        }
+        run::Entity::delete_many().filter(expired).exec(&self.db.write).await.map(|r| r.rows_affected).map_err(db_err)
+    }
+}
