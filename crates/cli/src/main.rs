@@ -90,6 +90,11 @@ enum Command {
         #[command(subcommand)]
         command: DsarCommand,
     },
+    /// Key store commands (crypto-shredding, docs/crypto.md).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Commands for plugin authors.
     Plugin {
         #[command(subcommand)]
@@ -140,6 +145,19 @@ enum DsarCommand {
         /// The DSAR service; default: this node's gRPC address (`grpc.listen_addr`).
         #[arg(long, value_name = "URL")]
         endpoint: Option<String>,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Rotates tenant keys: a new version wraps every subject key from now on, existing subject
+    /// keys are rewrapped under it, unused versions are removed. Safe while Carnet runs.
+    Rotate {
+        /// One tenant; default: every tenant.
+        #[arg(long, value_name = "ID")]
+        tenant: Option<String>,
         #[arg(long, value_name = "DIR")]
         data_dir: Option<String>,
     },
@@ -316,6 +334,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 matched += r.matched;
             }
             println!("{}", serde_json::json!({"tenants": tenants.len(), "entries": entries, "matched": matched}));
+            Ok(())
+        }
+        Command::Keys { command: KeysCommand::Rotate { tenant, data_dir } } => {
+            let overrides: Vec<(&str, String)> = data_dir.clone().into_iter().map(|d| ("node.data_dir", d)).collect();
+            let cfg = CarnetConfig::load(config_path, &overrides)?;
+            let mode = if cfg.mesh.signing_key.is_empty() { Mode::Monolith } else { Mode::Split };
+            let tenants: Vec<uuid::Uuid> = match tenant {
+                Some(t) => vec![t.parse().map_err(|_| anyhow::anyhow!("--tenant must be a tenant id"))?],
+                None => key_store(config_path, data_dir).await?.tenant_ids().await?,
+            };
+            let keys = node::open_key_store(&cfg, mode, mode == Mode::Monolith).await?;
+            for tenant_id in tenants {
+                let r = keys
+                    .rotate_tenant_key(tenant_id)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("tenant {tenant_id}: rotation failed: {e}"))?;
+                let line = serde_json::json!({"tenant": tenant_id, "version": r.version, "rewrapped": r.rewrapped,
+                    "removed_versions": r.removed});
+                println!("{line}");
+            }
             Ok(())
         }
         Command::Plugin { command } => {

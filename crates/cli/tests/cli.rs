@@ -250,3 +250,45 @@ fn http_request(addr: &str, method: &str, path: &str, key: &str, body: &str) -> 
     stream.read_to_string(&mut response).unwrap();
     response
 }
+
+/// `carnet keys rotate`: a new tenant-key version rewraps the person's key, the old version goes,
+/// and the contact still reads after a restart.
+#[test]
+fn test_keys_rotate_rewraps_and_the_data_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = carnet().args(["tenant", "create", "Rotate Inc", "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (tenant, key) = (created["tenant_id"].as_str().unwrap().to_string(), created["api_key"].as_str().unwrap());
+    let up = |dir: &std::path::Path| {
+        let mut cmd = carnet();
+        cmd.args(["up", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir"]).arg(dir);
+        let (child, line) = start_line(cmd);
+        let http = line.split("HTTP on ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+        (child, http)
+    };
+    let (node, http) = up(dir.path());
+    let body = r#"{"email":"rotate@example.org","source":{"channel":"api","detail":"cli-test"}}"#;
+    let response = http_request(&http, "POST", "/v1/contacts", key, body);
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    let id = response.split("\"id\":\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    stop(node);
+
+    let rotate = || {
+        let out = carnet().args(["keys", "rotate", "--data-dir"]).arg(dir.path()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let first = rotate();
+    assert_eq!(first["tenant"], tenant);
+    assert_eq!((first["version"].as_i64(), first["rewrapped"].as_u64()), (Some(2), Some(1)), "{first}");
+    assert_eq!(first["removed_versions"], serde_json::json!([1]));
+    let bad = carnet().args(["keys", "rotate", "--tenant", "nope", "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--tenant must be a tenant id"));
+
+    let (node, http) = up(dir.path());
+    let response = http_request(&http, "GET", &format!("/v1/contacts/{id}"), key, "");
+    assert!(response.starts_with("HTTP/1.1 200") && response.contains("rotate@example.org"), "{response}");
+    stop(node);
+}
