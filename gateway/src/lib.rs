@@ -231,7 +231,7 @@ impl AppState {
 
 /// Builds the HTTP router.
 pub fn router(state: AppState) -> Router {
-    use routes::{audit, comms, consent, contacts, dsar, enrichment, forms, keys, public, retention};
+    use routes::{audit, comms, consent, contacts, dsar, enrichment, forms, imports, keys, public, retention};
     // Bodies are read at most this far: a larger one is refused without being buffered whole.
     let body_limit = axum::extract::DefaultBodyLimit::max(state.config.max_body_bytes);
     Router::new()
@@ -279,6 +279,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/legal-holds", post(dsar::place_hold).get(dsar::list_holds))
         .route("/v1/legal-holds/{id}/lift", post(dsar::lift_hold))
         .route("/v1/erasure-ledger", get(dsar::ledger))
+        .route("/v1/imports", post(imports::create).get(imports::list))
+        .route("/v1/imports/{id}", get(imports::get))
+        // A whole file: ApiJson's limit does not apply to a streamed body, nor the deadline.
+        .route(imports::DATA_ROUTE, put(imports::upload).layer(axum::extract::DefaultBodyLimit::disable()))
+        .route("/v1/imports/{id}/report", get(imports::report))
         .route("/v1/retention", get(retention::get).put(retention::put))
         .route("/v1/retention/run", post(retention::run))
         .route("/v1/retention/purges", get(retention::purges))
@@ -377,9 +382,14 @@ async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -
     let started = std::time::Instant::now();
     let deadline = Duration::from_millis(state.config.request_timeout_ms);
     let run = tracing::Instrument::instrument(next.run(request), span.clone());
-    let mut response = match tokio::time::timeout(deadline, run).await {
-        Ok(response) => response,
-        Err(_) => ApiError::new(ErrorCode::DeadlineExceeded, "request timed out").into_response(),
+    // An import's file takes as long as it takes (its progress is at GET /v1/imports/{id}).
+    let mut response = if route == routes::imports::DATA_ROUTE {
+        run.await
+    } else {
+        match tokio::time::timeout(deadline, run).await {
+            Ok(response) => response,
+            Err(_) => ApiError::new(ErrorCode::DeadlineExceeded, "request timed out").into_response(),
+        }
     };
     span.record("http.response.status_code", response.status().as_u16());
     carnet_kit::metrics::record_http(&method, &route, response.status().as_u16(), started.elapsed().as_secs_f64());

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::Problem;
-use crate::routes::{audit, comms, consent, contacts, dsar, enrichment, forms, keys, retention};
+use crate::routes::{audit, comms, consent, contacts, dsar, enrichment, forms, imports, keys, retention};
 
 struct BearerAuth;
 
@@ -89,6 +89,11 @@ impl Modify for BearerAuth {
         enrichment::contact_runs,
         enrichment::runs,
         forms::create_form,
+        imports::create,
+        imports::upload,
+        imports::get,
+        imports::list,
+        imports::report,
         keys::create_key,
         keys::list_keys,
         keys::revoke_key,

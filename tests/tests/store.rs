@@ -259,6 +259,7 @@ store_test!(rectification_records_fields_not_values, |f: Fixture| async move {
         reason_opt: Some("subject asked".into()),
         expected_version_opt: Some(1),
         source_opt: None,
+        import_id_opt: None,
     };
     let updated = f.store.update(tenant, c.id, &by("key:clerk"), patch).await.unwrap();
     assert_eq!(updated.last_name.as_deref(), Some("King"));

@@ -1,7 +1,9 @@
 //! The `carnet` binary as a library: configuration, targets and node start-up, shared by the
 //! command line and the in-process test sandbox.
 
+pub mod api;
 pub mod config;
+pub mod import;
 pub mod node;
 pub mod target;
 

@@ -90,6 +90,11 @@ enum Command {
         #[command(subcommand)]
         command: DsarCommand,
     },
+    /// Bulk import through the gateway (docs/import.md).
+    Import {
+        #[command(subcommand)]
+        command: Box<ImportCommand>,
+    },
     /// Key store commands (crypto-shredding, docs/crypto.md).
     Keys {
         #[command(subcommand)]
@@ -147,6 +152,63 @@ enum DsarCommand {
         endpoint: Option<String>,
         #[arg(long, value_name = "DIR")]
         data_dir: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImportCommand {
+    /// Imports contacts from a CSV (header row) or JSON-lines file, with a progress bar; prints
+    /// the counts and saves the per-line report. Every row is checked like a single create.
+    Contacts {
+        file: PathBuf,
+        /// The gateway, e.g. http://127.0.0.1:8080.
+        #[arg(long, env = "CARNET_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, env = "CARNET_API_KEY", hide_env_values = true)]
+        api_key: String,
+        /// `csv` or `jsonl`; default: from the file name.
+        #[arg(long)]
+        format: Option<String>,
+        /// COLUMN=FIELD (repeatable; FIELD empty ignores the column). Default: columns are fields.
+        #[arg(long = "map", value_name = "COLUMN=FIELD")]
+        map: Vec<String>,
+        /// The lawful basis: consent, contract, legal_obligation, vital_interests, public_task,
+        /// legitimate_interests.
+        #[arg(long)]
+        basis: String,
+        /// A consent purpose the basis covers (repeatable; required for consent).
+        #[arg(long = "purpose")]
+        purposes: Vec<String>,
+        /// Consent: when it was given (RFC 3339).
+        #[arg(long)]
+        collected_at: Option<String>,
+        /// Consent: where it was given.
+        #[arg(long, default_value = "")]
+        collected_where: String,
+        /// Consent: the notice version shown…
+        #[arg(long, default_value_t = 0)]
+        notice_version: u32,
+        /// …or the notice text.
+        #[arg(long, default_value = "")]
+        notice_text: String,
+        /// Another basis: why it applies.
+        #[arg(long, default_value = "")]
+        justification: String,
+        /// skip, update or fail.
+        #[arg(long, default_value = "skip")]
+        on_duplicate: String,
+        /// Import people erased on request anyway, for this reason (audited).
+        #[arg(long, default_value = "")]
+        erasure_override: String,
+        /// Upload the same file into this interrupted import.
+        #[arg(long, value_name = "IMPORT_ID")]
+        resume: Option<String>,
+        /// Where to save the report; default: beside the file.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
     },
 }
 
@@ -335,6 +397,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("{}", serde_json::json!({"tenants": tenants.len(), "entries": entries, "matched": matched}));
             Ok(())
+        }
+        Command::Import { command } => {
+            let ImportCommand::Contacts {
+                file,
+                url,
+                api_key,
+                format,
+                map,
+                basis,
+                purposes,
+                collected_at,
+                collected_where,
+                notice_version,
+                notice_text,
+                justification,
+                on_duplicate,
+                erasure_override,
+                resume,
+                report,
+                quiet,
+            } = *command;
+            let args = carnet_cli::import::ImportArgs {
+                file,
+                url,
+                api_key,
+                format,
+                map,
+                basis,
+                purposes,
+                collected_at,
+                collected_where,
+                notice_version,
+                notice_text,
+                justification,
+                on_duplicate,
+                erasure_override,
+                resume,
+                report,
+                quiet,
+            };
+            carnet_cli::import::run(args).await
         }
         Command::Keys { command: KeysCommand::Rotate { tenant, data_dir } } => {
             let overrides: Vec<(&str, String)> = data_dir.clone().into_iter().map(|d| ("node.data_dir", d)).collect();

@@ -458,7 +458,9 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
                     "consent.contacts_endpoint",
                 )?;
                 let store = ConsentStore::new(db.clone(), mesh_key.derive("consent-ip-hash"));
-                consumers.push(carnet_consent::consumer(store.clone()));
+                let imports =
+                    carnet_consent::imports::ImportFollower::new(store.clone(), contacts.clone(), mesh_key.clone());
+                consumers.push(carnet_consent::consumer(store.clone(), imports));
                 relays.push((db.clone(), "consent"));
                 let grpc = ConsentGrpc::new(store, contacts, mesh_key.clone());
                 let svc = ConsentServiceServer::new(grpc).max_decoding_message_size(cfg.grpc.max_message_bytes);

@@ -7,6 +7,7 @@ pub mod contacts;
 pub mod dsar;
 pub mod enrichment;
 pub mod forms;
+pub mod imports;
 pub mod keys;
 pub mod public;
 pub mod retention;

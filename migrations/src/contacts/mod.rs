@@ -7,6 +7,7 @@ mod m20261129_000002_erasure_tombstones;
 mod m20261129_000003_field_sources;
 mod m20261129_000004_sealed_personal_data;
 mod m20261130_000005_last_activity;
+mod m20261130_000006_imports;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000003_field_sources::Migration),
             Box::new(m20261129_000004_sealed_personal_data::Migration),
             Box::new(m20261130_000005_last_activity::Migration),
+            Box::new(m20261130_000006_imports::Migration),
         ]
     }
 

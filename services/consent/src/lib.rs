@@ -8,6 +8,7 @@
 pub mod domain;
 pub mod entity;
 pub mod grpc;
+pub mod imports;
 pub mod store;
 
 use serde::{Deserialize, Serialize};
@@ -50,10 +51,25 @@ impl Validate for ConsentConfig {
 }
 
 /// The bus consumer of the consent service: erases a subject's ledger on `erasure.requested`
-/// and confirms in the same transaction.
-pub fn consumer(store: ConsentStore) -> carnet_kit::bus::Consumer {
-    carnet_kit::bus::erasure_consumer(SERVICE_NAME, move |tenant_id, request_id, subject_id| {
+/// and confirms in the same transaction; records the consents of imported contacts
+/// (`contact.upserted` naming an import).
+pub fn consumer(store: ConsentStore, imports: imports::ImportFollower) -> carnet_kit::bus::Consumer {
+    let mut consumer = carnet_kit::bus::erasure_consumer(SERVICE_NAME, move |tenant_id, request_id, subject_id| {
         let store = store.clone();
         async move { store.erase_for_request(tenant_id, subject_id, &request_id).await.map(|_| ()) }
-    })
+    });
+    // Imports: the consents an import's terms give follow its contacts (docs/import.md).
+    let erase = consumer.handler.clone();
+    consumer.kinds.push("contact.upserted".to_string());
+    consumer.handler = carnet_kit::bus::handler(move |event| {
+        let erase = erase.clone();
+        let imports = imports.clone();
+        async move {
+            if matches!(event.payload, Some(carnet_proto::events::v1::event::Payload::ContactUpserted(_))) {
+                return imports.on_event(&event).await.map_err(|e| format!("{}: {}", e.code, e.message));
+            }
+            erase(event).await
+        }
+    });
+    consumer
 }

@@ -96,6 +96,10 @@ impl ConsentStore {
         ConsentStore { db, ip_key: std::sync::Arc::new(ip_key) }
     }
 
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
     fn ip_hash(&self, tenant_id: Uuid, ip: &str) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.ip_key).expect("hmac takes keys of any length");
         mac.update(tenant_id.as_bytes());

@@ -179,6 +179,8 @@ pub struct ContactPatch {
     pub expected_version_opt: Option<i64>,
     /// Where the values of this update come from; kept per changed field.
     pub source_opt: Option<Source>,
+    /// The import writing it, named in the `contact.upserted` event.
+    pub import_id_opt: Option<Uuid>,
 }
 
 /// A restriction (Art. 18) or objection (Art. 21) flag.

@@ -129,3 +129,64 @@ pub mod contact_token {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod import {
+    use sea_orm::entity::prelude::*;
+
+    /// A bulk import job (docs/import.md).
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "imports")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub status: String,
+        pub file_name: String,
+        pub format: String,
+        /// [`crate::import::Terms`] as JSON.
+        #[sea_orm(column_type = "JsonBinary")]
+        pub terms: Json,
+        pub actor: String,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+        pub finished_at: Option<DateTimeUtc>,
+        pub lines_done: i64,
+        pub bytes_done: i64,
+        pub header_sha256: String,
+        pub chain_sha256: String,
+        pub created: i64,
+        pub updated: i64,
+        pub skipped: i64,
+        pub failed: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod import_row {
+    use sea_orm::entity::prelude::*;
+
+    /// One line of an import's report.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "import_rows")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub import_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub line: i64,
+        pub outcome: String,
+        pub reason: String,
+        pub contact_id: Option<Uuid>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -82,6 +82,7 @@ impl ContactsService for ContactsGrpc {
                 Some(source) => Some(convert::source_from_proto(Some(source), &caller.principal)?),
                 None => None,
             },
+            import_id_opt: None,
         };
         let contact = self.store.update(caller.tenant_id, id, &Audit::grpc(&caller, "UpdateContact"), patch).await?;
         tracing::info!(tenant_id = %caller.tenant_id, contact_id = %id, "contact rectified");
@@ -291,6 +292,37 @@ impl ContactsService for ContactsGrpc {
             ]
             .into(),
         }))
+    }
+
+    async fn create_import(&self, request: Request<pb::CreateImportRequest>) -> Result<Response<pb::Import>, Status> {
+        crate::import_grpc::create(&self.store, request).await
+    }
+
+    async fn upload_import(
+        &self,
+        request: Request<tonic::Streaming<pb::ImportChunk>>,
+    ) -> Result<Response<pb::Import>, Status> {
+        crate::import_grpc::upload(&self.store, request).await
+    }
+
+    async fn get_import(&self, request: Request<pb::GetImportRequest>) -> Result<Response<pb::Import>, Status> {
+        crate::import_grpc::get(&self.store, request).await
+    }
+
+    async fn list_imports(
+        &self,
+        request: Request<pb::ListImportsRequest>,
+    ) -> Result<Response<pb::ListImportsResponse>, Status> {
+        crate::import_grpc::list(&self.store, request).await
+    }
+
+    type ImportReportStream = crate::import_grpc::ReportStream;
+
+    async fn import_report(
+        &self,
+        request: Request<pb::ImportReportRequest>,
+    ) -> Result<Response<Self::ImportReportStream>, Status> {
+        crate::import_grpc::report(&self.store, request).await
     }
 }
 

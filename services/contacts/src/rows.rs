@@ -61,6 +61,8 @@ pub(crate) struct NewContact {
     pub channel: Channel,
     pub actor: String,
     pub audit: Audit,
+    /// The import creating it, named in the `contact.upserted` event.
+    pub import_id_opt: Option<Uuid>,
 }
 
 impl NewContact {
@@ -74,6 +76,7 @@ impl NewContact {
             created: true,
             changed_fields: self.keys.clone(),
             source_channel: channel_to_proto(self.channel) as i32,
+            import_id: self.import_id_opt.map(|i| i.to_string()).unwrap_or_default(),
         };
         let entry = self.audit.entry("create", "contact", m.id).fields(self.keys.clone());
         (
@@ -154,6 +157,7 @@ pub(crate) fn prepare_create(
         channel: source.channel,
         actor: source.actor.clone(),
         audit: audit.clone(),
+        import_id_opt: None,
     })
 }
 

@@ -76,6 +76,11 @@ impl ContactStore {
         &self.db
     }
 
+    /// The key of erasure tombstones (imports check them like single creates).
+    pub(crate) fn tombstone_key(&self) -> &[u8] {
+        &self.tombstone_key
+    }
+
     pub fn keys(&self) -> &KeyStore {
         &self.keys
     }
@@ -383,6 +388,7 @@ impl ContactStore {
             created: false,
             changed_fields: changed.clone(),
             source_channel: channel_to_proto(channel) as i32,
+            import_id: patch.import_id_opt.map(|i| i.to_string()).unwrap_or_default(),
         };
         outbox::enqueue(&txn, tenant_id, Payload::ContactUpserted(event)).await.map_err(db_err)?;
         audit::record(&txn, tenant_id, SERVICE_NAME, audit.entry("update", "contact", id).fields(changed))
@@ -681,6 +687,7 @@ impl ContactStore {
             created: false,
             changed_fields: fields.to_vec(),
             source_channel: channel_to_proto(parse_channel(&source_channel)?) as i32,
+            import_id: String::new(),
         };
         outbox::enqueue(&txn, tenant_id, Payload::ContactUpserted(event)).await.map_err(db_err)?;
         audit::record(&txn, tenant_id, SERVICE_NAME, audit.entry(action, "contact", id).fields(fields))
