@@ -8,4 +8,5 @@ pub mod dsar;
 pub mod enrichment;
 pub mod forms;
 pub mod keys;
+pub mod me;
 pub mod public;
