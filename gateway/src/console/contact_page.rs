@@ -155,7 +155,7 @@ fn consents(answer: &Result<Value, Failure>) -> Markup {
                 @let history = v["history"].as_array().cloned().unwrap_or_default();
                 @if !history.is_empty() {
                     details {
-                        summary { "Evidence (" (history.len()) " records)" }
+                        summary { "Evidence: " (history.len()) " consent records" }
                         ul.evidence { @for r in &history { li {
                             (time(&r["at"])) " · " strong { (s(r, "purpose")) } " " (s(r, "action")) " → " (s(r, "status"))
                             " · source " (s(r, "source"))

@@ -41,19 +41,34 @@ pub fn manifest(p: &Value) -> Markup {
 }
 
 fn settings_form(me: &Me, token: &str, settings: &Value) -> Markup {
-    let admin = me.can(EnrichmentAdmin);
+    let on = |key: &str| if settings[key] == true { "on" } else { "off" };
+    let changed = html! {
+        p.hint { "Last changed " (time(&settings["updated_at"])) @if !s(settings, "updated_by").is_empty() { " by " code { (s(settings, "updated_by")) } } }
+    };
+    if !me.can(EnrichmentAdmin) {
+        // Shown, not offered: no form for a viewer who cannot change them.
+        return html! {
+            div.card #switches {
+                h2 { "Tenant switches" }
+                ul { li { "Auto-enrichment: " strong #auto_enrichment_state { (on("auto_enrichment")) } }
+                     li { "Profiling allowed: " strong { (on("profiling_allowed")) } } }
+                (changed)
+                (super::layout::needs(EnrichmentAdmin))
+            }
+        };
+    }
     html! {
         form.card #switches method="post" action="/console/enrichment" {
             (csrf(token))
-            fieldset disabled[!admin] {
+            fieldset {
                 legend { "Tenant switches" }
                 label.check { input #auto_enrichment type="checkbox" name="auto_enrichment" value="true" checked[settings["auto_enrichment"] == true];
                     " Auto-enrichment: run the enabled plugins on every new or changed contact" }
                 label.check { input #profiling_allowed type="checkbox" name="profiling_allowed" value="true" checked[settings["profiling_allowed"] == true];
                     " Profiling allowed: plugins that profile may run (each person's consent is still checked)" }
             }
-            @if admin { button type="submit" #save-switches { "Save switches" } }
-            p.hint { "Last changed " (time(&settings["updated_at"])) @if !s(settings, "updated_by").is_empty() { " by " code { (s(settings, "updated_by")) } } }
+            button type="submit" #save-switches { "Save switches" }
+            (changed)
         }
     }
 }

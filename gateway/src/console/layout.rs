@@ -17,6 +17,7 @@ use super::api::Failure;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Area {
     Contacts,
+    Campaigns,
     Privacy,
     Consent,
     Enrichment,
@@ -24,11 +25,13 @@ pub enum Area {
 }
 
 impl Area {
-    const ALL: [Area; 5] = [Area::Contacts, Area::Privacy, Area::Consent, Area::Enrichment, Area::Settings];
+    const ALL: [Area; 6] =
+        [Area::Contacts, Area::Campaigns, Area::Privacy, Area::Consent, Area::Enrichment, Area::Settings];
 
     fn label(self) -> &'static str {
         match self {
             Area::Contacts => "Contacts",
+            Area::Campaigns => "Campaigns",
             Area::Privacy => "Privacy",
             Area::Consent => "Consent",
             Area::Enrichment => "Enrichment",
@@ -39,6 +42,7 @@ impl Area {
     fn href(self) -> &'static str {
         match self {
             Area::Contacts => "/console/contacts",
+            Area::Campaigns => "/console/campaigns",
             Area::Privacy => "/console/privacy",
             Area::Consent => "/console/consent",
             Area::Enrichment => "/console/enrichment",
@@ -50,6 +54,7 @@ impl Area {
     pub fn visible_to(self, me: &Me) -> bool {
         match self {
             Area::Contacts => me.can(ContactsRead),
+            Area::Campaigns => me.can_any(&[CommsSend, ContactsRead]),
             Area::Privacy => me.can_any(&[DsarManage, AuditRead]),
             Area::Consent => me.can_any(&[ConsentManage, ContactsRead]),
             Area::Enrichment => me.can_any(&[EnrichmentAdmin, ContactsRead]),

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod assets;
+pub mod campaigns;
 pub mod consent;
 pub mod contact_page;
 pub mod contacts;
@@ -52,6 +53,7 @@ pub fn router(state: &AppState, api: Router) -> Router {
         .route("/console/logout", post(logout))
         .route("/console/assets/{file}", get(assets::serve))
         .merge(contacts::routes())
+        .merge(campaigns::routes())
         .merge(privacy::routes())
         .merge(consent::routes())
         .merge(enrichment::routes())

@@ -149,7 +149,9 @@ async fn request(console: Console, Path(id): Path<String>, RawQuery(raw): RawQue
         Ok(r) => r,
         Err(f) => return super::layout::failure_page(&f),
     };
-    let title = format!("{} request", s(&r, "kind"));
+    let kind = s(&r, "kind");
+    let title =
+        format!("{}{} request", kind.get(..1).unwrap_or_default().to_uppercase(), kind.get(1..).unwrap_or_default());
     let page = Page { me: &console.me, csrf: &console.session.csrf, area: Area::Privacy, title: &title, query: &query };
     let poll = (!settled(&r)).then(|| format!("/console/privacy/requests/{}/tasks", segment(&id)));
     page.render(html! {
@@ -176,7 +178,7 @@ async fn request(console: Console, Path(id): Path<String>, RawQuery(raw): RawQue
                 span.progress aria-live="polite" {} }
         }
         @if r["extended"] != true && !settled(&r) {
-            section aria-labelledby="h-extend" {
+            section aria-labelledby="h-extend" data-hide-when-settled="#tasks" {
                 h2 #h-extend { "Extend the deadline (Art. 12(3))" }
                 form.card method="post" action={ "/console/privacy/requests/" (s(&r, "id")) "/extend" } {
                     (csrf(&console.session.csrf))

@@ -36,17 +36,17 @@ fn subnav(active: &str) -> Markup {
     }
 }
 
-fn row(i: usize, f: &Value, editable: bool) -> Markup {
+fn row(i: usize, f: &Value) -> Markup {
     let enum_values = f["enum_values"].as_array().into_iter().flatten().map(text).collect::<Vec<_>>().join(", ");
     html! {
         tr {
-            td { input type="text" name={ "key." (i) } value=(s(f, "key")) aria-label="Key" readonly[!editable] pattern="[a-z0-9_]*"; }
-            td { select name={ "type." (i) } aria-label="Type" disabled[!editable] {
+            td { input type="text" name={ "key." (i) } value=(s(f, "key")) aria-label="Key" pattern="[a-z0-9_]*"; }
+            td { select name={ "type." (i) } aria-label="Type" {
                 @for t in TYPES { option value=(t) selected[s(f, "type") == t] { (t) } } } }
-            td { input type="text" name={ "category." (i) } value=(s(f, "category")) aria-label="Data category" readonly[!editable]; }
-            td { input type="checkbox" name={ "required." (i) } value="true" aria-label="Required" checked[f["required"] == true] disabled[!editable]; }
-            td { input type="text" name={ "enum." (i) } value=(enum_values) aria-label="Enum values, comma-separated" readonly[!editable]; }
-            td { input type="text" name={ "purpose." (i) } value=(s(f, "purpose")) aria-label="Purpose" readonly[!editable]; }
+            td { input type="text" name={ "category." (i) } value=(s(f, "category")) aria-label="Data category"; }
+            td { input type="checkbox" name={ "required." (i) } value="true" aria-label="Required" checked[f["required"] == true]; }
+            td { input type="text" name={ "enum." (i) } value=(enum_values) aria-label="Enum values, comma-separated"; }
+            td { input type="text" name={ "purpose." (i) } value=(s(f, "purpose")) aria-label="Purpose"; }
         }
     }
 }
@@ -70,23 +70,40 @@ async fn policy(console: Console, RawQuery(raw): RawQuery) -> Response {
             Ok(p) => {
                 @let fields = p["fields"].as_array().cloned().unwrap_or_default();
                 p.meta { "Version " (text(&p["version"])) " · updated " (time(&p["updated_at"])) " by " code { (s(p, "updated_by")) } }
-                form method="post" action="/console/settings/fields" {
-                    (csrf(&console.session.csrf))
-                    table.list.edit #policy {
-                        thead { tr { th scope="col" { "Key" } th scope="col" { "Type" } th scope="col" { "Data category" } th scope="col" { "Required" } th scope="col" { "Enum values" } th scope="col" { "Purpose" } } }
-                        tbody {
-                            @for (i, f) in fields.iter().enumerate() { (row(i, f, editable)) }
-                            @if editable { @for i in fields.len()..fields.len() + NEW_ROWS { (row(i, &json!({"type": "string"}), true)) } }
+                @if editable {
+                    form method="post" action="/console/settings/fields" {
+                        (csrf(&console.session.csrf))
+                        table.list.edit #policy {
+                            (header())
+                            tbody {
+                                @for (i, f) in fields.iter().enumerate() { (row(i, f)) }
+                                @for i in fields.len()..fields.len() + NEW_ROWS { (row(i, &json!({"type": "string"}))) }
+                            }
                         }
-                    }
-                    @if editable {
                         p.hint { "Clear a key to remove the field. Saving makes a new policy version." }
                         button type="submit" { "Save policy" }
-                    } @else { (needs(PolicyManage)) }
+                    }
+                } @else {
+                    table.list #policy {
+                        (header())
+                        tbody { @for f in &fields { tr {
+                            td { code { (s(f, "key")) } } td { (s(f, "type")) } td { (s(f, "category")) }
+                            td { @if f["required"] == true { "required" } }
+                            td { (f["enum_values"].as_array().into_iter().flatten().map(text).collect::<Vec<_>>().join(", ")) }
+                            td { (s(f, "purpose")) }
+                        } } }
+                    }
+                    (needs(PolicyManage))
                 }
             }
         }
     })
+}
+
+fn header() -> Markup {
+    html! {
+        thead { tr { th scope="col" { "Key" } th scope="col" { "Type" } th scope="col" { "Data category" } th scope="col" { "Required" } th scope="col" { "Enum values" } th scope="col" { "Purpose" } } }
+    }
 }
 
 /// The rows of the submitted policy table, in order, empty keys dropped.

@@ -10,7 +10,12 @@ function startPolling(el) {
       const res = await fetch(url, { credentials: 'same-origin', headers: { 'accept': 'text/html' } });
       if (res.ok) {
         el.innerHTML = await res.text();
-        if (res.headers.get('x-carnet-settled') === 'true') { el.dataset.settled = 'true'; return; }
+        if (res.headers.get('x-carnet-settled') === 'true') {
+          el.dataset.settled = 'true';
+          // Controls that only make sense while the request is open go away with it.
+          document.querySelectorAll(`[data-hide-when-settled="#${el.id}"]`).forEach((s) => { s.hidden = true; });
+          return;
+        }
       }
     } catch (e) { /* network hiccup: try again */ }
     setTimeout(tick, every);
