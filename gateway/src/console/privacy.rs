@@ -23,6 +23,7 @@ pub fn routes() -> Router<ConsoleState> {
         .route("/console/privacy/requests/{id}", get(request))
         .route("/console/privacy/requests/{id}/tasks", get(tasks_fragment))
         .route("/console/privacy/requests/{id}/extend", post(extend))
+        .route("/console/privacy/requests/{id}/reject", post(reject))
         .route("/console/privacy/requests/{id}/export", get(export))
         .merge(super::records::routes())
 }
@@ -188,6 +189,16 @@ async fn request(console: Console, Path(id): Path<String>, RawQuery(raw): RawQue
                 }
             }
         }
+        @if !settled(&r) {
+            section aria-labelledby="h-reject" data-hide-when-settled="#tasks" {
+                h2 #h-reject { "Reject (Art. 12(4))" }
+                form.card method="post" action={ "/console/privacy/requests/" (s(&r, "id")) "/reject" } {
+                    (csrf(&console.session.csrf))
+                    label { "Reason (told to the person)" input type="text" name="reason" required; }
+                    button.danger type="submit" { "Reject the request" }
+                }
+            }
+        }
     })
 }
 
@@ -216,6 +227,16 @@ async fn extend(console: Console, Path(id): Path<String>, body: Bytes) -> Respon
         .post(&format!("/v1/dsar/{}/extend", segment(&id)), &json!({"reason": form.get("reason"), "months": months}))
         .await;
     after(&format!("/console/privacy/requests/{}", segment(&id)), result, "Deadline extended")
+}
+
+async fn reject(console: Console, Path(id): Path<String>, body: Bytes) -> Response {
+    let form = Form::parse(&body);
+    if let Err(refused) = console.check_csrf(&form) {
+        return refused.into_response();
+    }
+    let result =
+        console.api.post(&format!("/v1/dsar/{}/reject", segment(&id)), &json!({"reason": form.get("reason")})).await;
+    after(&format!("/console/privacy/requests/{}", segment(&id)), result, "Request rejected")
 }
 
 async fn export(console: Console, Path(id): Path<String>) -> Response {
