@@ -413,3 +413,198 @@ async fn test_console_sales_user_sees_consents_and_source_but_no_export_or_forge
     assert_eq!(a.status, 200, "the export itself works for a key allowed to export");
     sb.stop().await;
 }
+
+/// A tiny OIDC provider for the console's sign-in: `/authorize` answers at once with a code
+/// (as if the person had signed in), `/token` redeems a code once, only with the verifier whose
+/// S256 challenge came with it, and returns an access token for the API and an ID token with
+/// the nonce, both signed with the gateway tests' fixture key.
+mod idp {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::body::Bytes;
+    use axum::extract::{RawQuery, State};
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Redirect, Response};
+    use axum::routing::{get, post};
+    use base64::Engine as _;
+    use serde_json::json;
+    use sha2::{Digest, Sha256};
+
+    pub const ISSUER: &str = "https://idp.example.test";
+    pub const CLIENT_ID: &str = "carnet-console";
+
+    #[derive(Default)]
+    pub struct Idp {
+        /// code → (challenge, nonce, redirect_uri)
+        codes: Mutex<HashMap<String, (String, String, String)>>,
+        pub tenant: Mutex<String>,
+        pub roles: Mutex<Vec<String>>,
+        pub redeemed: Mutex<u32>,
+    }
+
+    fn params(raw: &str) -> HashMap<String, String> {
+        form_urlencoded::parse(raw.as_bytes()).into_owned().collect()
+    }
+
+    async fn authorize(State(idp): State<Arc<Idp>>, RawQuery(raw): RawQuery) -> Response {
+        let q = params(&raw.unwrap_or_default());
+        let ok = q.get("response_type").map(String::as_str) == Some("code")
+            && q.get("code_challenge_method").map(String::as_str) == Some("S256")
+            && q.get("client_id").map(String::as_str) == Some(CLIENT_ID)
+            && q.get("scope").is_some_and(|s| s.split(' ').any(|s| s == "openid"))
+            && q.get("code_challenge").is_some_and(|c| c.len() == 43);
+        if !ok {
+            return (StatusCode::BAD_REQUEST, format!("bad authorization request: {q:?}")).into_response();
+        }
+        let code = format!("code-{}", uuid::Uuid::now_v7().simple());
+        let redirect = q["redirect_uri"].clone();
+        idp.codes
+            .lock()
+            .unwrap()
+            .insert(code.clone(), (q["code_challenge"].clone(), q["nonce"].clone(), redirect.clone()));
+        let back = format!(
+            "{redirect}?code={code}&state={}",
+            form_urlencoded::byte_serialize(q["state"].as_bytes()).collect::<String>()
+        );
+        Redirect::to(&back).into_response()
+    }
+
+    async fn token(State(idp): State<Arc<Idp>>, body: Bytes) -> Response {
+        let f = params(&String::from_utf8_lossy(&body));
+        let grant = |e: &str| (StatusCode::BAD_REQUEST, axum::Json(json!({"error": e}))).into_response();
+        let Some((challenge, nonce, redirect)) = idp.codes.lock().unwrap().remove(f.get("code").map_or("", |c| c))
+        else {
+            return grant("invalid_grant");
+        };
+        let verifier = f.get("code_verifier").cloned().unwrap_or_default();
+        let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        if computed != challenge
+            || f.get("redirect_uri") != Some(&redirect)
+            || f.get("client_id").map(String::as_str) != Some(CLIENT_ID)
+            || f.get("grant_type").map(String::as_str) != Some("authorization_code")
+        {
+            return grant("invalid_grant");
+        }
+        *idp.redeemed.lock().unwrap() += 1;
+        let now = chrono::Utc::now().timestamp();
+        let tenant = idp.tenant.lock().unwrap().clone();
+        let roles = idp.roles.lock().unwrap().clone();
+        let claims = |aud: &str| {
+            json!({"iss": ISSUER, "aud": aud, "sub": "alice@corp.example", "exp": now + 300,
+            "iat": now, "nonce": nonce, "carnet_tenant": tenant, "carnet_roles": roles})
+        };
+        axum::Json(json!({"token_type": "Bearer", "expires_in": 300,
+            "access_token": super::sign(claims("carnet")), "id_token": super::sign(claims(CLIENT_ID))}))
+        .into_response()
+    }
+
+    /// Serves the provider on a free loopback port.
+    pub async fn start() -> (std::net::SocketAddr, Arc<Idp>) {
+        let idp = Arc::new(Idp::default());
+        let app =
+            Router::new().route("/authorize", get(authorize)).route("/token", post(token)).with_state(idp.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (addr, idp)
+    }
+}
+
+/// Signs claims with the gateway tests' fixture key (kid `rsa-1` of jwks.json).
+fn sign(claims: Value) -> String {
+    let pem =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../gateway/tests/fixtures/rsa1_private.pem")).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("rsa-1".to_string());
+    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
+}
+
+fn location(a: &Answer) -> String {
+    a.headers["location"].to_str().unwrap().to_string()
+}
+
+/// The `name=value` pairs a response sets, by cookie name.
+fn set_cookies(a: &Answer) -> std::collections::HashMap<String, String> {
+    a.headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .map(|c| (c.split('=').next().unwrap().to_string(), c))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_console_signs_in_with_the_oidc_provider_by_code_and_pkce() {
+    let (idp_addr, provider) = idp::start().await;
+    let jwks = concat!(env!("CARGO_MANIFEST_DIR"), "/../gateway/tests/fixtures/jwks.json");
+    let sb = Sandbox::start_with(
+        carnet_tests::Backend::Sqlite,
+        &[
+            ("gateway.oidc.issuer", idp::ISSUER.to_string()),
+            ("gateway.oidc.audience", "carnet".to_string()),
+            ("gateway.oidc.jwks_file", jwks.to_string()),
+            ("gateway.oidc.authorization_endpoint", format!("http://{idp_addr}/authorize")),
+            ("gateway.oidc.token_endpoint", format!("http://{idp_addr}/token")),
+            ("gateway.oidc.console_client_id", idp::CLIENT_ID.to_string()),
+        ],
+    )
+    .await;
+    let http = sb.http();
+    let idp_http = Http::new(idp_addr);
+    let (tenant_id, _) = sb.tenant("Federated").await;
+    *provider.tenant.lock().unwrap() = tenant_id.to_string();
+    *provider.roles.lock().unwrap() = vec!["privacy_officer".into()];
+
+    let login = html(&http.raw("GET", "/console/login", None, None, vec![]).await);
+    assert!(login.contains("href=\"/console/oidc/start\""), "{login}");
+    // Start: off to the provider with a PKCE challenge; the flow is remembered in a Lax cookie.
+    let start = |http: Http| async move { http.raw("GET", "/console/oidc/start", None, None, vec![]).await };
+    let started = start(http.clone()).await;
+    assert_eq!(started.status, 303);
+    let to_idp = location(&started);
+    assert!(
+        to_idp.starts_with(&format!("http://{idp_addr}/authorize?")) && to_idp.contains("code_challenge_method=S256"),
+        "{to_idp}"
+    );
+    let flow = set_cookies(&started)["carnet_console_oidc"].clone();
+    assert!(
+        flow.contains("HttpOnly") && flow.contains("SameSite=Lax") && flow.contains("Path=/console/oidc"),
+        "{flow}"
+    );
+    let flow = flow.split(';').next().unwrap().to_string();
+    // The provider signs the person in and sends the browser back with a code.
+    let back = idp_http.raw("GET", to_idp.split_once(&idp_addr.to_string()).unwrap().1, None, None, vec![]).await;
+    assert_eq!(back.status, 303, "{}", html(&back));
+    let callback = location(&back);
+    let callback_path =
+        callback.split_once(&sb.node.http_addr_opt.unwrap().to_string()).expect("back to this gateway").1.to_string();
+    assert!(callback_path.starts_with("/console/oidc/callback?code="), "{callback}");
+
+    // Without the flow cookie, or with another flow's state, the code is not redeemed.
+    let a = http.raw("GET", &callback_path, None, None, vec![]).await;
+    assert!(location(&a).starts_with("/console/login?err="), "{:?}", a.headers);
+    let other = set_cookies(&start(http.clone()).await)["carnet_console_oidc"].split(';').next().unwrap().to_string();
+    let a = http.raw_with_headers("GET", &callback_path, &[("cookie", other)], None, vec![]).await;
+    assert!(location(&a).starts_with("/console/login?err="), "{:?}", a.headers);
+    assert!(!set_cookies(&a).contains_key("carnet_console"));
+    assert_eq!(*provider.redeemed.lock().unwrap(), 0, "nothing was redeemed");
+
+    // With it: the code is redeemed with the verifier, and a session is made for the token.
+    let done = http.raw_with_headers("GET", &callback_path, &[("cookie", flow.clone())], None, vec![]).await;
+    assert_eq!((done.status, location(&done).as_str()), (303, "/console/contacts"), "{:?}", done.headers);
+    assert_eq!(*provider.redeemed.lock().unwrap(), 1);
+    let cookies = set_cookies(&done);
+    assert!(cookies["carnet_console_oidc"].contains("Max-Age=0"), "the flow cookie is cleared");
+    let session = cookies["carnet_console"].split(';').next().unwrap().to_string();
+    let page = get(&http, &session, "/console/privacy").await;
+    assert_eq!(page.status, 200);
+    let body = html(&page);
+    assert!(body.contains("oidc:") && !body.contains("alice"), "the principal is a pseudonym: {body}");
+    assert!(body.contains("Data subject requests"), "a privacy officer's page");
+    // A code is good once: the same answer replayed signs nobody in.
+    let replay = http.raw_with_headers("GET", &callback_path, &[("cookie", flow)], None, vec![]).await;
+    assert!(location(&replay).contains("invalid_grant"), "{:?}", replay.headers);
+    sb.stop().await;
+}

@@ -172,7 +172,7 @@ pub fn failure_page(failure: &Failure) -> Response {
 }
 
 /// The sign-in page.
-pub fn login(token: &str, error: &str) -> Html<String> {
+pub fn login(token: &str, error: &str, oidc: bool) -> Html<String> {
     let body = html! {
         (DOCTYPE)
         html lang="en" {
@@ -194,7 +194,9 @@ pub fn login(token: &str, error: &str) -> Html<String> {
                         p.hint { "The key from " code { "carnet tenant create" } " or " code { "carnet apikey create" } ". It is kept only in an encrypted, HttpOnly cookie for 8 hours." }
                         button type="submit" { "Sign in" }
                     }
-                    p.hint { "Sign-in with an OIDC provider is not built yet (docs/console.md)." }
+                    @if oidc {
+                        p { a.button #oidc-sign-in href="/console/oidc/start" { "Sign in with your organisation's account" } }
+                    }
                 }
             }
         }

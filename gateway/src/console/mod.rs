@@ -16,6 +16,7 @@ pub mod contacts;
 pub mod diff;
 pub mod enrichment;
 pub mod layout;
+pub mod oidc;
 pub mod privacy;
 pub mod records;
 pub mod session;
@@ -41,16 +42,21 @@ use session::{Sealer, Session};
 pub struct ConsoleState {
     api: Router,
     sealer: Sealer,
+    /// The provider sign-in, when `gateway.oidc` names its endpoints.
+    oidc_opt: Option<oidc::OidcLogin>,
 }
 
 /// Builds the console's routes over `api`, the gateway's REST router.
 pub fn router(state: &AppState, api: Router) -> Router {
-    let console = ConsoleState { api, sealer: Sealer::new(&state.mesh_key()) };
+    let oidc_opt = oidc::OidcLogin::from_config(&state.config.oidc);
+    let console = ConsoleState { api, sealer: Sealer::new(&state.mesh_key()), oidc_opt };
     Router::new()
         .route("/console", get(home))
         .route("/console/", get(home))
         .route("/console/login", get(login_page).post(login))
         .route("/console/logout", post(logout))
+        .route("/console/oidc/start", get(oidc::start))
+        .route("/console/oidc/callback", get(oidc::callback))
         .route("/console/assets/{file}", get(assets::serve))
         .merge(contacts::routes())
         .merge(campaigns::routes())
@@ -217,7 +223,7 @@ async fn home(console: Result<Console, Response>) -> Response {
 
 async fn login_page(State(state): State<ConsoleState>, query: axum::extract::RawQuery) -> Response {
     let q = layout::Query::parse(query.0);
-    layout::login(&state.sealer.login_token(now()), q.get("err")).into_response()
+    layout::login(&state.sealer.login_token(now()), q.get("err"), state.oidc_opt.is_some()).into_response()
 }
 
 /// Signs in: the key must be accepted by the API (`GET /v1/me`) before a session is made.

@@ -11,6 +11,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -77,27 +78,38 @@ impl Sealer {
 
     /// Returns the cookie value holding `session`.
     pub fn seal(&self, session: &Session) -> String {
+        self.seal_json(AAD, session)
+    }
+
+    /// Opens a cookie value; `None` when it was not sealed here, was altered or has expired.
+    pub fn open(&self, value: &str, now: i64) -> Option<Session> {
+        let session: Session = self.open_json(AAD, value)?;
+        (session.expires_at > now).then_some(session)
+    }
+
+    /// Seals any value for one use, named by `aad`: a value sealed for one use never opens for
+    /// another (a sign-in flow cookie is not a session).
+    pub fn seal_json<T: Serialize>(&self, aad: &[u8], value: &T) -> String {
         let nonce: [u8; 12] = rand::random();
-        let plaintext = serde_json::to_vec(session).expect("a session serialises");
+        let plaintext = serde_json::to_vec(value).expect("a sealed value serialises");
         let sealed = self
             .cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plaintext, aad: AAD })
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plaintext, aad })
             .expect("sealing cannot fail");
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
         URL_SAFE_NO_PAD.encode(out)
     }
 
-    /// Opens a cookie value; `None` when it was not sealed here, was altered or has expired.
-    pub fn open(&self, value: &str, now: i64) -> Option<Session> {
+    /// Opens what [`Sealer::seal_json`] sealed for `aad`.
+    pub fn open_json<T: DeserializeOwned>(&self, aad: &[u8], value: &str) -> Option<T> {
         let bytes = URL_SAFE_NO_PAD.decode(value).ok()?;
         if bytes.len() < 12 + 16 {
             return None;
         }
         let (nonce, sealed) = bytes.split_at(12);
-        let plaintext = self.cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad: AAD }).ok()?;
-        let session: Session = serde_json::from_slice(&plaintext).ok()?;
-        (session.expires_at > now).then_some(session)
+        let plaintext = self.cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad }).ok()?;
+        serde_json::from_slice(&plaintext).ok()
     }
 
     /// A token for the sign-in form, so a page elsewhere cannot sign a browser in with its own key.
@@ -120,7 +132,8 @@ impl Sealer {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares two secrets without an early exit.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -186,6 +199,15 @@ mod tests {
         let other = Sealer::new(&MeshKey::new(vec![8; 32]).unwrap());
         let sealed = other.seal(&Session::new("carnet_abc_secret".into(), NOW));
         assert_eq!(sealer().open(&sealed, NOW), None);
+    }
+
+    #[test]
+    fn test_value_sealed_for_another_use_does_not_open_as_a_session() {
+        let s = sealer();
+        let session = Session::new("carnet_abc_secret".into(), NOW);
+        let other_use = s.seal_json(b"carnet-console-oidc-v1", &session);
+        assert_eq!(s.open(&other_use, NOW), None);
+        assert_eq!(s.open_json::<Session>(b"carnet-console-oidc-v1", &other_use), Some(session));
     }
 
     #[test]
