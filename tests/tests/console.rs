@@ -79,6 +79,10 @@ async fn test_console_sign_in_refuses_bad_keys_and_forged_or_missing_cookies() {
     assert_eq!(a.status, 303);
     assert!(a.headers["location"].to_str().unwrap().contains("unauthenticated"), "{:?}", a.headers);
     assert!(a.headers.get("set-cookie").is_none());
+    let refusal = html(&http.raw("GET", a.headers["location"].to_str().unwrap(), None, None, vec![]).await);
+    assert!(refusal.contains("Sign-in refused: unauthenticated"), "{refusal}");
+    let spoofed = html(&http.raw("GET", "/console/login?err=your+key+moved+to+evil.example", None, None, vec![]).await);
+    assert!(!spoofed.contains("evil.example"), "a message the console did not write is not shown: {spoofed}");
     // A sign-in form not served here is refused.
     let body = form(&[("_login", "1.forged"), ("api_key", &owner)]);
     let a = http.raw("POST", "/console/login", None, Some("application/x-www-form-urlencoded"), body).await;
@@ -149,6 +153,11 @@ async fn test_console_forms_need_the_session_token_and_read_only_gets_no_control
     .await;
     let shown = html(&get(&http, &owner_cookie, a.headers["location"].to_str().unwrap()).await);
     assert!(shown.contains("invalid_argument (email)"), "{shown}");
+    // A message in a link the console did not make (or made for another session) is not shown.
+    let spoofed = html(&get(&http, &owner_cookie, "/console/contacts?err=call+0800+to+unlock&tag=00").await);
+    assert!(!spoofed.contains("0800"), "{spoofed}");
+    let theirs = html(&get(&http, &other, a.headers["location"].to_str().unwrap()).await);
+    assert!(!theirs.contains("invalid_argument (email)"), "{theirs}");
 
     // A read-only user sees the data and no control that changes anything.
     let reader = sb.key(tenant_id, Role::ReadOnly).await;

@@ -14,7 +14,7 @@ use carnet_kit::Permission::*;
 
 use super::api::segment;
 use super::layout::{Area, Page, Query, badge, csrf, s, text, time};
-use super::{Console, ConsoleState, Form, after};
+use super::{Console, ConsoleState, Form};
 
 pub fn routes() -> Router<ConsoleState> {
     Router::new()
@@ -103,7 +103,7 @@ async fn create(console: Console, body: Bytes) -> Response {
     }
     let campaign = json!({"name": form.get("name"), "purpose": form.get("purpose"), "query": form.get("query"),
         "subject": form.get("subject"), "body": form.get("body")});
-    after("/console/campaigns", console.api.post("/v1/campaigns", &campaign).await, "Draft created")
+    console.after("/console/campaigns", console.api.post("/v1/campaigns", &campaign).await, "Draft created")
 }
 
 async fn send(console: Console, Path(id): Path<String>, body: Bytes) -> Response {
@@ -112,7 +112,7 @@ async fn send(console: Console, Path(id): Path<String>, body: Bytes) -> Response
         return refused.into_response();
     }
     let result = console.api.call(Method::POST, &format!("/v1/campaigns/{}/send", segment(&id)), None).await;
-    after("/console/campaigns", result, "Sending")
+    console.after("/console/campaigns", result, "Sending")
 }
 
 async fn progress_fragment(console: Console, Path(id): Path<String>) -> Response {

@@ -6,17 +6,17 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery};
 use axum::http::{HeaderMap, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use maud::{Markup, html};
 use serde_json::json;
 
 use carnet_kit::Permission::*;
 
-use super::api::segment;
+use super::api::{Failure, segment};
 use super::diff::{Chunk, diff};
 use super::layout::{Area, Page, Query, csrf, needs, s, text, time};
-use super::{Console, ConsoleState, Form, after};
+use super::{Console, ConsoleState, Form};
 
 const BASES: [&str; 6] =
     ["consent", "contract", "legal_obligation", "vital_interests", "public_task", "legitimate_interests"];
@@ -88,9 +88,14 @@ async fn create_purpose(console: Console, body: Bytes) -> Response {
     let purpose = json!({"key": form.get("key"), "description": form.get("description"),
         "lawful_basis": form.get("lawful_basis"), "notice": form.get("notice")});
     match console.api.post("/v1/purposes", &purpose).await {
-        Ok(p) => Redirect::to(&format!("/console/consent/purposes/{}?ok=Purpose+created", segment(s(&p, "key"))))
+        Ok(p) => console
+            .after(
+                &format!("/console/consent/purposes/{}", segment(s(&p, "key"))),
+                Ok::<(), Failure>(()),
+                "Purpose created",
+            )
             .into_response(),
-        Err(f) => after("/console/consent", Err::<(), _>(f), ""),
+        Err(f) => console.after("/console/consent", Err::<(), _>(f), ""),
     }
 }
 
@@ -165,7 +170,7 @@ async fn new_notice(console: Console, Path(key): Path<String>, body: Bytes) -> R
         .api
         .put(&format!("/v1/purposes/{}/notice", segment(&key)), &json!({"notice": form.get("notice")}))
         .await;
-    after(&format!("/console/consent/purposes/{}", segment(&key)), result, "New notice version saved")
+    console.after(&format!("/console/consent/purposes/{}", segment(&key)), result, "New notice version saved")
 }
 
 async fn builder(console: Console, RawQuery(raw): RawQuery) -> Response {
@@ -225,7 +230,7 @@ async fn create_form(console: Console, headers: HeaderMap, body: Bytes) -> Respo
     let request = json!({"name": form.get("name"), "fields": form.all("fields"), "consents": form.all("consents")});
     let created = match console.api.post("/v1/forms", &request).await {
         Ok(v) => v,
-        Err(f) => return after("/console/consent/forms", Err::<(), _>(f), ""),
+        Err(f) => return console.after("/console/consent/forms", Err::<(), _>(f), ""),
     };
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     let scheme = if super::is_https(&headers) { "https" } else { "http" };

@@ -14,7 +14,7 @@ use carnet_kit::Permission::*;
 
 use super::api::{Failure, segment, with_query};
 use super::layout::{Area, Page, Query, csrf, s, time};
-use super::{Console, ConsoleState, Form, after};
+use super::{Console, ConsoleState, Form};
 
 pub fn routes() -> Router<ConsoleState> {
     Router::new()
@@ -110,9 +110,14 @@ async fn create(console: Console, body: Bytes) -> Response {
     }
     contact.insert("source".into(), json!({"channel": "manual", "detail": form.get("detail")}));
     match console.api.post("/v1/contacts", &Value::Object(contact)).await {
-        Ok(created) => Redirect::to(&format!("/console/contacts/{}?ok=Contact+created", segment(s(&created, "id"))))
+        Ok(created) => console
+            .after(
+                &format!("/console/contacts/{}", segment(s(&created, "id"))),
+                Ok::<(), Failure>(()),
+                "Contact created",
+            )
             .into_response(),
-        Err(f) => after("/console/contacts", Err::<(), _>(f), ""),
+        Err(f) => console.after("/console/contacts", Err::<(), _>(f), ""),
     }
 }
 
@@ -124,7 +129,7 @@ async fn rectify(console: Console, Path(id): Path<String>, body: Bytes) -> Respo
     let page = format!("/console/contacts/{}", segment(&id));
     let current = match console.api.get(&format!("/v1/contacts/{}", segment(&id))).await {
         Ok(c) => c,
-        Err(f) => return after(&page, Err::<(), _>(f), ""),
+        Err(f) => return console.after(&page, Err::<(), _>(f), ""),
     };
     // Only what changed is sent, so the history names exactly the rectified fields.
     let mut patch = Map::new();
@@ -145,12 +150,12 @@ async fn rectify(console: Console, Path(id): Path<String>, body: Bytes) -> Respo
         patch.insert("fields".into(), Value::Object(fields));
     }
     if patch.is_empty() {
-        return after(&page, Ok(()), "Nothing changed");
+        return console.after(&page, Ok(()), "Nothing changed");
     }
     patch.insert("reason".into(), json!(form.get("reason")));
     patch.insert("expected_version".into(), current["version"].clone());
     let result = console.api.patch(&format!("/v1/contacts/{}", segment(&id)), &Value::Object(patch)).await;
-    after(&page, result, "Contact rectified")
+    console.after(&page, result, "Contact rectified")
 }
 
 /// Keeps a number or boolean field's JSON type when it is edited as text.
@@ -174,7 +179,7 @@ async fn flag(console: Console, id: String, body: Bytes, which: &str, ok: &str) 
     }
     let result = console.api.put(&format!("/v1/contacts/{}/{which}", segment(&id)), &request).await;
     let ok = if active { ok.to_string() } else { format!("{ok} lifted") };
-    after(&format!("/console/contacts/{}", segment(&id)), result, &ok)
+    console.after(&format!("/console/contacts/{}", segment(&id)), result, &ok)
 }
 
 async fn restriction(console: Console, Path(id): Path<String>, body: Bytes) -> Response {
@@ -191,7 +196,7 @@ async fn export(console: Console, Path(id): Path<String>) -> Response {
         console.api.send(axum::http::Method::GET, &format!("/v1/contacts/{}/export", segment(&id)), None).await;
     if !answer.status.is_success() {
         let page = format!("/console/contacts/{}", segment(&id));
-        return after(&page, Err::<(), _>(Failure::of(&answer)), "");
+        return console.after(&page, Err::<(), _>(Failure::of(&answer)), "");
     }
     let disposition = answer
         .headers
@@ -252,9 +257,14 @@ async fn forget(console: Console, Path(id): Path<String>, body: Bytes) -> Respon
     match console.api.post("/v1/dsar", &json!({"kind": "erasure", "contact_id": id})).await {
         Ok(request) => {
             tracing::info!(dsar_id = s(&request, "id"), "console opened an erasure");
-            Redirect::to(&format!("/console/privacy/requests/{}?ok=Erasure+request+opened", segment(s(&request, "id"))))
+            console
+                .after(
+                    &format!("/console/privacy/requests/{}", segment(s(&request, "id"))),
+                    Ok::<(), Failure>(()),
+                    "Erasure request opened",
+                )
                 .into_response()
         }
-        Err(f) => after(&page, Err::<(), _>(f), ""),
+        Err(f) => console.after(&page, Err::<(), _>(f), ""),
     }
 }

@@ -13,7 +13,7 @@ use carnet_kit::Permission::*;
 
 use super::Me;
 use super::layout::{Area, Page, Query, badge, csrf, s, text, time};
-use super::{Console, ConsoleState, Form, after};
+use super::{Console, ConsoleState, Form};
 
 pub fn routes() -> Router<ConsoleState> {
     Router::new()
@@ -150,7 +150,7 @@ async fn switches(console: Console, body: Bytes) -> Response {
     }
     let request = json!({"auto_enrichment": form.checked("auto_enrichment"), "profiling_allowed": form.checked("profiling_allowed")});
     let result = console.api.put("/v1/enrichment/settings", &request).await;
-    after("/console/enrichment", result, "Switches saved")
+    console.after("/console/enrichment", result, "Switches saved")
 }
 
 async fn plugin_switch(console: Console, Path(name): Path<String>, body: Bytes) -> Response {
@@ -160,5 +160,5 @@ async fn plugin_switch(console: Console, Path(name): Path<String>, body: Bytes) 
     }
     let enabled = form.get("enabled") == "true";
     let result = console.api.put("/v1/enrichment/settings", &json!({"plugins": {name.clone(): enabled}})).await;
-    after("/console/enrichment", result, if enabled { "Plugin enabled" } else { "Plugin disabled" })
+    console.after("/console/enrichment", result, if enabled { "Plugin enabled" } else { "Plugin disabled" })
 }

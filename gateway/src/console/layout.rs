@@ -128,7 +128,7 @@ impl Page<'_> {
                     }
                     main #main tabindex="-1" {
                         h1 { (self.title) }
-                        (flash(self.query))
+                        (flash(self.query, self.csrf))
                         (body)
                     }
                 }
@@ -137,13 +137,19 @@ impl Page<'_> {
     }
 }
 
-/// The success or failure message a redirect carried.
-pub fn flash(query: &Query) -> Markup {
+/// The success or failure message a redirect of this session carried (see `Console::after`);
+/// a message without this session's tag is not shown.
+pub fn flash(query: &Query, csrf: &str) -> Markup {
+    let tagged = |kind: &str| {
+        let text = query.get(kind);
+        let tag = super::session::tag(csrf.as_bytes(), &format!("{kind}:{text}"));
+        !text.is_empty() && super::session::constant_time_eq(tag.as_bytes(), query.get("tag").as_bytes())
+    };
     html! {
-        @if !query.get("ok").is_empty() {
+        @if tagged("ok") {
             p.flash.ok role="status" { (query.get("ok")) }
         }
-        @if !query.get("err").is_empty() {
+        @if tagged("err") {
             p.flash.err role="alert" { "The API refused: " (query.get("err")) }
         }
     }

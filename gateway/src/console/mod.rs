@@ -203,15 +203,29 @@ impl Form {
     }
 }
 
-/// Redirects to `path` with the outcome of an action shown on arrival: `ok` on success, the API's
-/// code, field and message on failure (messages name fields, never values).
-pub fn after<T>(path: &str, result: Result<T, Failure>, ok: &str) -> Response {
+/// `path` with a message shown on arrival (`ok` or `err`), tagged under `key` so the page shows
+/// only messages the console itself put there, not text from a link someone else wrote.
+fn with_flash(path: &str, kind: &str, text: &str, key: &[u8]) -> String {
     let sep = if path.contains('?') { '&' } else { '?' };
-    let flash = match result {
-        Ok(_) => api::with_query("", &[("ok", ok)]),
-        Err(f) => api::with_query("", &[("err", &f.line())]),
-    };
-    Redirect::to(&format!("{path}{sep}{}", flash.trim_start_matches('?'))).into_response()
+    let flash = api::with_query("", &[(kind, text), ("tag", &session::tag(key, &format!("{kind}:{text}")))]);
+    format!("{path}{sep}{}", flash.trim_start_matches('?'))
+}
+
+impl Console {
+    /// Redirects to `path` with the outcome of an action shown on arrival: `ok` on success, the
+    /// API's code, field and message on failure (messages name fields, never values).
+    pub fn after<T>(&self, path: &str, result: Result<T, Failure>, ok: &str) -> Response {
+        let key = self.session.csrf.as_bytes();
+        match result {
+            Ok(_) => Redirect::to(&with_flash(path, "ok", ok, key)).into_response(),
+            Err(f) => Redirect::to(&with_flash(path, "err", &f.line(), key)).into_response(),
+        }
+    }
+}
+
+/// The sign-in page with `message` shown.
+fn login_with(sealer: &Sealer, message: &str) -> Response {
+    Redirect::to(&with_flash("/console/login", "err", message, sealer.login_key())).into_response()
 }
 
 async fn home(console: Result<Console, Response>) -> Response {
@@ -223,7 +237,15 @@ async fn home(console: Result<Console, Response>) -> Response {
 
 async fn login_page(State(state): State<ConsoleState>, query: axum::extract::RawQuery) -> Response {
     let q = layout::Query::parse(query.0);
-    layout::login(&state.sealer.login_token(now()), q.get("err"), state.oidc_opt.is_some()).into_response()
+    let err = q.get("err");
+    let shown =
+        if session::constant_time_eq(state.sealer.login_tag(&format!("err:{err}")).as_bytes(), q.get("tag").as_bytes())
+        {
+            err
+        } else {
+            ""
+        };
+    layout::login(&state.sealer.login_token(now()), shown, state.oidc_opt.is_some()).into_response()
 }
 
 /// Signs in: the key must be accepted by the API (`GET /v1/me`) before a session is made.
@@ -234,12 +256,12 @@ async fn login(State(state): State<ConsoleState>, headers: HeaderMap, body: Byte
     }
     let credential = form.get("api_key").to_string();
     if credential.is_empty() {
-        return Redirect::to("/console/login?err=enter+an+API+key").into_response();
+        return login_with(&state.sealer, "enter an API key");
     }
     let api = Api::new(state.api.clone(), credential.clone());
     if let Err(f) = api.get("/v1/me").await {
         tracing::info!(code = %f.code, "console sign-in refused");
-        return Redirect::to(&api::with_query("/console/login", &[("err", &f.line())])).into_response();
+        return login_with(&state.sealer, &f.line());
     }
     let sealed = state.sealer.seal(&Session::new(credential, now()));
     let mut response = Redirect::to("/console/contacts").into_response();

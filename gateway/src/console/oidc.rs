@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::api::{Api, with_query};
+use super::api::Api;
 use super::layout::Query;
 use super::session::{self, Session};
 use super::{ConsoleState, is_https, now};
@@ -128,13 +128,13 @@ fn flow_cookie(value: &str, max_age: i64, secure: bool) -> String {
     format!("{FLOW_COOKIE}={value}; Path=/console/oidc; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}")
 }
 
-fn refused(message: &str) -> Response {
-    Redirect::to(&with_query("/console/login", &[("err", message)])).into_response()
+fn refused(state: &ConsoleState, message: &str) -> Response {
+    super::login_with(&state.sealer, message)
 }
 
 /// Sends the browser to the provider.
 pub async fn start(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
-    let Some(oidc) = &state.oidc_opt else { return refused("oidc sign-in is not configured") };
+    let Some(oidc) = &state.oidc_opt else { return refused(&state, "oidc sign-in is not configured") };
     let secure = is_https(&headers);
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     let redirect_uri = format!("{}://{host}/console/oidc/callback", if secure { "https" } else { "http" });
@@ -180,7 +180,7 @@ fn exp_of(jwt: &str) -> Option<i64> {
 
 /// The provider sends the browser back here with a code.
 pub async fn callback(State(state): State<ConsoleState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
-    let Some(oidc) = &state.oidc_opt else { return refused("oidc sign-in is not configured") };
+    let Some(oidc) = &state.oidc_opt else { return refused(&state, "oidc sign-in is not configured") };
     let secure = is_https(&headers);
     let query = Query::parse(raw);
     let cookies = headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok());
@@ -189,19 +189,19 @@ pub async fn callback(State(state): State<ConsoleState>, headers: HeaderMap, Raw
         .filter_map(|pair| pair.trim().strip_prefix(FLOW_COOKIE)?.strip_prefix('='))
         .find_map(|value| state.sealer.open_json(FLOW_AAD, value));
     let Some(pending) = pending.filter(|p| p.expires_at > now()) else {
-        return refused("the sign-in took too long or was not started here: try again");
+        return refused(&state, "the sign-in took too long or was not started here: try again");
     };
     if !query.get("error").is_empty() {
         let code: String = query.get("error").chars().filter(|c| c.is_ascii_graphic()).take(40).collect();
-        return refused(&format!("the provider refused the sign-in: {code}"));
+        return refused(&state, &format!("the provider refused the sign-in: {code}"));
     }
     if !session::constant_time_eq(pending.state.as_bytes(), query.get("state").as_bytes()) {
         tracing::info!("console oidc callback with a wrong state");
-        return refused("the sign-in answer does not belong to this browser: try again");
+        return refused(&state, "the sign-in answer does not belong to this browser: try again");
     }
     let tokens = match oidc.redeem(query.get("code"), &pending.redirect_uri, &pending.verifier).await {
         Ok(tokens) => tokens,
-        Err(message) => return refused(&message),
+        Err(message) => return refused(&state, &message),
     };
     // The access token when the API takes it (its audience is the API's), else the ID token.
     let mut chosen = None;
@@ -212,11 +212,13 @@ pub async fn callback(State(state): State<ConsoleState>, headers: HeaderMap, Raw
             break;
         }
     }
-    let Some((kind, credential)) = chosen else { return refused("the API accepts none of the provider's tokens") };
+    let Some((kind, credential)) = chosen else {
+        return refused(&state, "the API accepts none of the provider's tokens");
+    };
     if let Some(id_token) = tokens["id_token"].as_str()
         && nonce_of(id_token).as_deref() != Some(pending.nonce.as_str())
     {
-        return refused("the provider's ID token does not carry this sign-in's nonce");
+        return refused(&state, "the provider's ID token does not carry this sign-in's nonce");
     }
     tracing::info!(token = kind, "console signed in with oidc");
     let mut session = Session::new(credential.clone(), now());

@@ -6,7 +6,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery};
 use axum::http::{Method, StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use maud::{Markup, html};
 use serde_json::{Value, json};
@@ -15,7 +15,7 @@ use carnet_kit::Permission::*;
 
 use super::api::{Failure, segment, with_query};
 use super::layout::{Area, Page, Query, badge, csrf, needs, s, text, time};
-use super::{Console, ConsoleState, Form, after};
+use super::{Console, ConsoleState, Form};
 
 pub fn routes() -> Router<ConsoleState> {
     Router::new()
@@ -111,9 +111,14 @@ async fn open_request(console: Console, body: Bytes) -> Response {
         request["verification"] = json!(form.get("verification"));
     }
     match console.api.post("/v1/dsar", &request).await {
-        Ok(r) => Redirect::to(&format!("/console/privacy/requests/{}?ok=Request+opened", segment(s(&r, "id"))))
+        Ok(r) => console
+            .after(
+                &format!("/console/privacy/requests/{}", segment(s(&r, "id"))),
+                Ok::<(), Failure>(()),
+                "Request opened",
+            )
             .into_response(),
-        Err(f) => after("/console/privacy", Err::<(), _>(f), ""),
+        Err(f) => console.after("/console/privacy", Err::<(), _>(f), ""),
     }
 }
 
@@ -226,7 +231,7 @@ async fn extend(console: Console, Path(id): Path<String>, body: Bytes) -> Respon
         .api
         .post(&format!("/v1/dsar/{}/extend", segment(&id)), &json!({"reason": form.get("reason"), "months": months}))
         .await;
-    after(&format!("/console/privacy/requests/{}", segment(&id)), result, "Deadline extended")
+    console.after(&format!("/console/privacy/requests/{}", segment(&id)), result, "Deadline extended")
 }
 
 async fn reject(console: Console, Path(id): Path<String>, body: Bytes) -> Response {
@@ -236,13 +241,17 @@ async fn reject(console: Console, Path(id): Path<String>, body: Bytes) -> Respon
     }
     let result =
         console.api.post(&format!("/v1/dsar/{}/reject", segment(&id)), &json!({"reason": form.get("reason")})).await;
-    after(&format!("/console/privacy/requests/{}", segment(&id)), result, "Request rejected")
+    console.after(&format!("/console/privacy/requests/{}", segment(&id)), result, "Request rejected")
 }
 
 async fn export(console: Console, Path(id): Path<String>) -> Response {
     let answer = console.api.send(Method::GET, &format!("/v1/dsar/{}/export", segment(&id)), None).await;
     if !answer.status.is_success() {
-        return after(&format!("/console/privacy/requests/{}", segment(&id)), Err::<(), _>(Failure::of(&answer)), "");
+        return console.after(
+            &format!("/console/privacy/requests/{}", segment(&id)),
+            Err::<(), _>(Failure::of(&answer)),
+            "",
+        );
     }
     let disposition = format!(
         "attachment; filename=\"access-{}.json\"",

@@ -14,7 +14,7 @@ use carnet_kit::Permission::*;
 use super::api::segment;
 use super::layout::{Area, Page, Query, badge, csrf, needs, s, text, time};
 use super::privacy::{filtered, subnav};
-use super::{Console, ConsoleState, Form, after};
+use super::{Console, ConsoleState, Form};
 
 pub fn routes() -> Router<ConsoleState> {
     Router::new()
@@ -80,7 +80,7 @@ async fn place_hold(console: Console, body: Bytes) -> Response {
         .api
         .post("/v1/legal-holds", &json!({"contact_id": form.get("contact_id"), "reason": form.get("reason")}))
         .await;
-    after("/console/privacy/holds", result, "Hold placed")
+    console.after("/console/privacy/holds", result, "Hold placed")
 }
 
 async fn lift_hold(console: Console, Path(id): Path<String>, body: Bytes) -> Response {
@@ -92,7 +92,7 @@ async fn lift_hold(console: Console, Path(id): Path<String>, body: Bytes) -> Res
         .api
         .post(&format!("/v1/legal-holds/{}/lift", segment(&id)), &json!({"reason": form.get("reason")}))
         .await;
-    after("/console/privacy/holds", result, "Hold lifted")
+    console.after("/console/privacy/holds", result, "Hold lifted")
 }
 
 async fn ledger(console: Console, RawQuery(raw): RawQuery) -> Response {

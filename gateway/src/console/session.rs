@@ -124,12 +124,31 @@ impl Sealer {
         (0..=LOGIN_TOKEN_SECS).contains(&(now - at)) && constant_time_eq(&self.login_mac(at), &mac)
     }
 
+    /// The tag of a sign-in page message (no session yet: the sign-in key).
+    pub fn login_tag(&self, text: &str) -> String {
+        tag(&self.login_key, text)
+    }
+
+    /// The key [`Sealer::login_tag`] uses.
+    pub fn login_key(&self) -> &[u8] {
+        &self.login_key
+    }
+
     fn login_mac(&self, at: i64) -> Vec<u8> {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.login_key).expect("hmac takes keys of any length");
         mac.update(b"console-login:");
         mac.update(at.to_string().as_bytes());
         mac.finalize().into_bytes().to_vec()
     }
+}
+
+/// A short MAC of `text` under `key` (hex), so a message put in a URL by the console can be told
+/// from one written by someone else.
+pub fn tag(key: &[u8], text: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("hmac takes keys of any length");
+    mac.update(b"console-flash:");
+    mac.update(text.as_bytes());
+    hex::encode(&mac.finalize().into_bytes()[..16])
 }
 
 /// Compares two secrets without an early exit.
@@ -227,6 +246,14 @@ mod tests {
         assert!(a.csrf_matches(&a.csrf.clone()));
         assert!(!a.csrf_matches(&b.csrf));
         assert!(!a.csrf_matches(""));
+    }
+
+    #[test]
+    fn test_flash_tag_depends_on_key_and_text() {
+        assert_eq!(tag(b"k1", "Saved"), tag(b"k1", "Saved"));
+        assert_ne!(tag(b"k1", "Saved"), tag(b"k2", "Saved"));
+        assert_ne!(tag(b"k1", "Saved"), tag(b"k1", "Saved!"));
+        assert_eq!(tag(b"k1", "Saved").len(), 32);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use carnet_kit::Permission::*;
 
 use super::api::segment;
 use super::layout::{Area, Page, Query, csrf, needs, s, text, time};
-use super::{Console, ConsoleState, Form, after};
+use super::{Console, ConsoleState, Form};
 
 const TYPES: [&str; 7] = ["string", "email", "phone", "date", "number", "boolean", "enum"];
 const ROLES: [&str; 6] = ["owner", "admin", "privacy_officer", "sales", "marketing", "read_only"];
@@ -138,7 +138,7 @@ async fn save_policy(console: Console, body: Bytes) -> Response {
         return refused.into_response();
     }
     let result = console.api.put("/v1/field-policy", &policy_of(&form)).await;
-    after("/console/settings/fields", result, "Field policy saved")
+    console.after("/console/settings/fields", result, "Field policy saved")
 }
 
 fn keys_page(
@@ -213,7 +213,7 @@ async fn create_key(console: Console, body: Bytes) -> Response {
             let list = console.api.get("/v1/api-keys").await;
             keys_page(&console, &Query::default(), Some(&created), list)
         }
-        Err(f) => after("/console/settings/keys", Err::<(), _>(f), ""),
+        Err(f) => console.after("/console/settings/keys", Err::<(), _>(f), ""),
     }
 }
 
@@ -223,7 +223,7 @@ async fn revoke_key(console: Console, Path(id): Path<String>, body: Bytes) -> Re
         return refused.into_response();
     }
     let result = console.api.delete(&format!("/v1/api-keys/{}", segment(&id))).await;
-    after("/console/settings/keys", result, "Key revoked")
+    console.after("/console/settings/keys", result, "Key revoked")
 }
 
 #[cfg(test)]
