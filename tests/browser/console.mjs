@@ -5,7 +5,7 @@
 //   sales-view BASE KEY DIR LAST_NAME      : find a person, see consents and source, no export/forget
 // Prints one JSON line with what the pages showed.
 import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 
 const [journey, base, key, shots, ...args] = process.argv.slice(2);
 mkdirSync(shots, { recursive: true });
@@ -20,6 +20,7 @@ const text = (page, selector) => page.locator(selector).first().innerText();
 
 async function signIn(page) {
   await page.goto(`${base}/console`);
+  await shot(page, 'sign-in');
   await page.fill('#api_key', key);
   await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
   if (!page.url().endsWith('/console/contacts')) throw new Error(`sign-in failed: ${page.url()} ${await text(page, 'body')}`);
@@ -112,6 +113,13 @@ async function privacyErasure(page, lastName) {
   const out = {};
   await signIn(page);
   out.contactId = await findContact(page, lastName);
+  await shot(page, 'contact-as-privacy-officer');
+  // One-click export, with its progress line, before the person is forgotten.
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#export')]);
+  out.exportName = download.suggestedFilename();
+  out.exportHasId = readFileSync(await download.path(), 'utf8').includes(out.contactId);
+  await page.waitForFunction(() => (document.querySelector('.progress')?.textContent || '').includes('Export ready'));
+  out.exportProgress = await text(page, '.progress');
   out.hasForget = await page.locator('#forget').count();
   await Promise.all([page.waitForNavigation(), page.click('#forget')]);
   out.confirmation = await text(page, 'main');

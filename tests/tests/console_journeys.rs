@@ -171,6 +171,9 @@ async fn test_console_privacy_officer_forgets_a_person_and_watches_every_partici
     let officer = sb.key(tenant_id, Role::PrivacyOfficer).await;
     let seen = journey(&sb, "privacy-erasure", &officer, &["Exemplar"]).await;
     assert_eq!(seen["contactId"], id.as_str(), "{seen}");
+    assert_eq!(seen["exportName"], format!("contact-{id}.json"), "{seen}");
+    assert_eq!(seen["exportHasId"], true, "the downloaded document is the person's export");
+    assert!(seen["exportProgress"].as_str().unwrap().starts_with("Export ready"), "{seen}");
     assert_eq!(seen["hasForget"], 1);
     assert!(seen["confirmation"].as_str().unwrap().contains("cannot be undone"), "{seen}");
     assert!(seen["requestUrl"].as_str().unwrap().contains("/console/privacy/requests/"), "{seen}");
