@@ -131,7 +131,30 @@ async fn test_console_forms_need_the_session_token_and_read_only_gets_no_control
         assert_eq!(posts, 1, "{page}: only the sign-out form posts: {body}");
         assert!(!body.contains("id=\"export\"") && !body.contains("id=\"forget\""), "{page}");
     }
-    assert!(html(&get(&http, &cookie, &format!("/console/contacts/{id}")).await).contains("Lovelace"));
+    let headers = [("cookie", cookie.clone()), ("x-request-id", "console-page-1".to_string())];
+    let page = http.raw_with_headers("GET", &format!("/console/contacts/{id}"), &headers, None, vec![]).await;
+    assert!(html(&page).contains("Lovelace"));
+    // The page's API calls carry its request id: the audit trail ties the reads to one page view.
+    // The trail is written from events: wait for the page's three reads (contact, history, timeline).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let of_page = loop {
+        let trail = http.json("GET", &format!("/v1/audit?subject_id={id}"), Some(&owner), None).await;
+        let of_page: Vec<Value> = trail.json["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["request_id"] == "console-page-1")
+            .cloned()
+            .collect();
+        if of_page.len() >= 3 {
+            break of_page;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the page's reads never reached the trail: {:?}", trail.json);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(of_page.iter().all(|e| e["action"] == "view"), "{of_page:?}");
+    let reader_key = format!("key:{}", reader.split('_').nth(1).unwrap());
+    assert!(of_page.iter().all(|e| e["actor"] == reader_key.as_str()), "as the reader's key: {of_page:?}");
     // And the API refuses the reader anyway, whatever the console renders.
     let token = hidden(&html(&get(&http, &cookie, "/console/contacts").await), "_csrf");
     let a = post(&http, &cookie, &path, &[("active", "false"), ("reason", "x"), ("_csrf", &token)]).await;

@@ -16,6 +16,8 @@ const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
 pub struct Api {
     router: Router,
     credential: String,
+    /// The console request's id, passed on so the API calls of one page share it (audit, traces).
+    request_id_opt: Option<String>,
 }
 
 /// A raw API answer.
@@ -59,7 +61,13 @@ impl Failure {
 
 impl Api {
     pub fn new(router: Router, credential: String) -> Api {
-        Api { router, credential }
+        Api { router, credential, request_id_opt: None }
+    }
+
+    /// The same client, sending `request_id` as `x-request-id` with every call.
+    pub fn with_request_id(mut self, request_id: String) -> Api {
+        self.request_id_opt = Some(request_id);
+        self
     }
 
     /// Sends one request to the API router and reads the whole answer.
@@ -69,6 +77,9 @@ impl Api {
             .uri(path)
             .header(header::AUTHORIZATION, format!("Bearer {}", self.credential))
             .header(header::USER_AGENT, "carnet-console");
+        if let Some(id) = &self.request_id_opt {
+            request = request.header("x-request-id", id.as_str());
+        }
         let body = match body_opt {
             Some(json) => {
                 request = request.header(header::CONTENT_TYPE, "application/json");

@@ -169,7 +169,10 @@ impl FromRequestParts<ConsoleState> for Console {
         let Some(session) = session::cookie_value(cookies).and_then(|v| state.sealer.open(v, now())) else {
             return Err(to_login(secure));
         };
-        let api = Api::new(state.api.clone(), session.credential.clone());
+        let mut api = Api::new(state.api.clone(), session.credential.clone());
+        if let Some(id) = parts.extensions.get::<crate::auth::RequestId>() {
+            api = api.with_request_id(id.0.clone());
+        }
         match api.get("/v1/me").await {
             Ok(me) => Ok(Console { api, me: Me::of(&me), session }),
             // A revoked key or an expired token: sign in again.

@@ -225,9 +225,14 @@ pub async fn callback(State(state): State<ConsoleState>, headers: HeaderMap, Raw
     if let Some(exp) = exp_of(&credential) {
         session.expires_at = session.expires_at.min(exp);
     }
+    let sealed = state.sealer.seal(&session);
+    // Browsers keep cookies of at most 4 KB: a provider's very large token cannot ride in one.
+    if sealed.len() > 3800 {
+        return refused(&state, "the provider's token is too large for a console session");
+    }
     let mut response = Redirect::to("/console/contacts").into_response();
     let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&state.sealer.seal(&session), secure)) {
+    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&sealed, secure)) {
         headers.append(header::SET_COOKIE, v);
     }
     if let Ok(v) = HeaderValue::from_str(&flow_cookie("", 0, secure)) {
