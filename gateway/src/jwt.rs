@@ -62,6 +62,13 @@ pub struct OidcConfig {
     pub leeway_seconds: u64,
     /// Period of the background key refresh (from the file or the URL).
     pub jwks_refresh_seconds: u64,
+    /// The provider's authorization endpoint, for signing in to the console (authorization
+    /// code with PKCE); empty leaves the console on API keys only.
+    pub authorization_endpoint: String,
+    /// The provider's token endpoint, where the console redeems the code.
+    pub token_endpoint: String,
+    /// The console's client id at the provider (a public client: PKCE, no secret).
+    pub console_client_id: String,
 }
 
 impl Default for OidcConfig {
@@ -75,6 +82,9 @@ impl Default for OidcConfig {
             roles_claim: "carnet_roles".to_owned(),
             leeway_seconds: 60,
             jwks_refresh_seconds: 600,
+            authorization_endpoint: String::new(),
+            token_endpoint: String::new(),
+            console_client_id: String::new(),
         }
     }
 }
@@ -82,6 +92,26 @@ impl Default for OidcConfig {
 impl OidcConfig {
     /// Checks the section; each message names the offending `oidc.<key>`.
     pub fn validate(&self) -> Result<(), String> {
+        let console = [&self.authorization_endpoint, &self.token_endpoint, &self.console_client_id];
+        if console.iter().any(|v| !v.is_empty()) {
+            if console.iter().any(|v| v.is_empty()) {
+                return Err(
+                    "oidc.authorization_endpoint, oidc.token_endpoint and oidc.console_client_id are set together"
+                        .to_owned(),
+                );
+            }
+            if self.issuer.is_empty() {
+                return Err("oidc.issuer must be set for the console's oidc sign-in".to_owned());
+            }
+            for (key, url) in
+                [("authorization_endpoint", &self.authorization_endpoint), ("token_endpoint", &self.token_endpoint)]
+            {
+                let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+                if rest.is_none_or(|rest| rest.is_empty() || rest.starts_with('/')) {
+                    return Err(format!("oidc.{key} must be an http:// or https:// url with a host"));
+                }
+            }
+        }
         if self.issuer.is_empty() {
             return Ok(());
         }
@@ -642,6 +672,33 @@ mod tests {
         }
         let err = serde_json::from_value::<OidcConfig>(json!({"issuer": ISSUER, "jwks_uri": "x"})).unwrap_err();
         assert!(err.to_string().contains("jwks_uri"), "{err}");
+    }
+
+    #[test]
+    fn test_oidc_console_sign_in_keys_are_set_together_with_urls() {
+        let console = || OidcConfig {
+            authorization_endpoint: "https://idp.example.test/authorize".into(),
+            token_endpoint: "https://idp.example.test/token".into(),
+            console_client_id: "carnet-console".into(),
+            ..config()
+        };
+        assert_eq!(console().validate(), Ok(()));
+        let cases: [(&str, OidcConfig); 4] = [
+            (
+                "oidc.authorization_endpoint, oidc.token_endpoint",
+                OidcConfig { token_endpoint: String::new(), ..console() },
+            ),
+            ("oidc.issuer", OidcConfig { issuer: String::new(), ..console() }),
+            (
+                "oidc.authorization_endpoint must",
+                OidcConfig { authorization_endpoint: "idp/authorize".into(), ..console() },
+            ),
+            ("oidc.token_endpoint must", OidcConfig { token_endpoint: "https:///token".into(), ..console() }),
+        ];
+        for (key, cfg) in cases {
+            let message = cfg.validate().unwrap_err();
+            assert!(message.starts_with(key), "{message:?} does not start with {key}");
+        }
     }
 
     #[tokio::test]

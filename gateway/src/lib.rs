@@ -7,6 +7,7 @@
 //! the handlers.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod jwt;
@@ -229,9 +230,20 @@ impl AppState {
     }
 }
 
-/// Builds the HTTP router.
+/// Builds the HTTP router: the REST API, and the console at `/console`, which reaches the data
+/// only by calling that same API router in-process with the signed-in user's credential.
 pub fn router(state: AppState) -> Router {
-    use routes::{audit, comms, consent, contacts, dsar, enrichment, forms, imports, keys, public, retention};
+    let api = api_router(state.clone());
+    let body_limit = axum::extract::DefaultBodyLimit::max(state.config.max_body_bytes);
+    let console = console::router(&state, api.clone())
+        .layer(middleware::from_fn_with_state(state.clone(), edge))
+        .layer(body_limit);
+    api.merge(console)
+}
+
+/// The REST API alone.
+fn api_router(state: AppState) -> Router {
+    use routes::{audit, comms, consent, contacts, dsar, enrichment, forms, imports, keys, me, public, retention};
     // Bodies are read at most this far: a larger one is refused without being buffered whole.
     let body_limit = axum::extract::DefaultBodyLimit::max(state.config.max_body_bytes);
     Router::new()
@@ -308,6 +320,7 @@ pub fn router(state: AppState) -> Router {
         .route("/u/{token}", get(public::withdraw_page).post(public::withdraw))
         .route("/v1/api-keys", post(keys::create_key).get(keys::list_keys))
         .route("/v1/api-keys/{id}", axum::routing::delete(keys::revoke_key))
+        .route("/v1/me", get(me::me))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), edge))

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::Problem;
-use crate::routes::{audit, comms, consent, contacts, dsar, enrichment, forms, imports, keys, retention};
+use crate::routes::{audit, comms, consent, contacts, dsar, enrichment, forms, imports, keys, me, retention};
 
 struct BearerAuth;
 
@@ -97,6 +97,7 @@ impl Modify for BearerAuth {
         keys::create_key,
         keys::list_keys,
         keys::revoke_key,
+        me::me,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),

@@ -2,6 +2,7 @@
 //! (SQLite in a temporary data dir) or split mode (a fresh PostgreSQL database), and hands out
 //! gRPC clients that sign a caller context like the gateway does.
 
+pub mod console;
 pub mod http;
 pub mod postgres;
 pub mod smtp;

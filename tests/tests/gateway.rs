@@ -206,7 +206,22 @@ async fn test_every_role_against_every_endpoint() {
             if ep.path == "/v1/messages" {
                 let basis = json!({"contact_id": id, "purpose": "service", "action": "grant", "source": "api",
                     "lawful_basis": "contract", "evidence": {"justification": "customer account"}});
-                assert_eq!(http.json("POST", "/v1/consents", Some(&owner), Some(basis)).await.status, 201);
+                let granted = http.json("POST", "/v1/consents", Some(&owner), Some(basis)).await;
+                assert_eq!(granted.status, 201);
+                // The grant moves the contact's last activity over the bus: wait for it, so the
+                // snapshot below is taken after the owner's own change.
+                let at = granted.json["at"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+                loop {
+                    let c = http.json("GET", &format!("/v1/contacts/{id}"), Some(&owner), None).await.json;
+                    let last =
+                        c["last_activity_at"].as_str().and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok());
+                    if last.is_some_and(|l| l >= at) {
+                        break;
+                    }
+                    assert!(tokio::time::Instant::now() < deadline, "the grant never reached the contact");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
             }
             let before = http.json("GET", &format!("/v1/contacts/{id}"), Some(&owner), None).await.json;
             let a = http.json(ep.method, &path, Some(&key), body).await;

@@ -9,5 +9,6 @@ pub mod enrichment;
 pub mod forms;
 pub mod imports;
 pub mod keys;
+pub mod me;
 pub mod public;
 pub mod retention;
