@@ -292,3 +292,61 @@ fn test_keys_rotate_rewraps_and_the_data_still_reads() {
     assert!(response.starts_with("HTTP/1.1 200") && response.contains("rotate@example.org"), "{response}");
     stop(node);
 }
+
+/// `carnet import contacts`: a CSV through the gateway, the summary on stdout and the report
+/// beside the file.
+#[test]
+fn test_import_contacts_prints_the_counts_and_saves_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = carnet().args(["tenant", "create", "Import Inc", "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = created["api_key"].as_str().unwrap().to_string();
+    let mut cmd = carnet();
+    cmd.args(["up", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir"]).arg(dir.path());
+    let (node, line) = start_line(cmd);
+    let http = line.split("HTTP on ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let file = dir.path().join("customers.csv");
+    std::fs::write(&file, "E-mail,Name\nada@example.org,Ada\nnot-an-email,Bob\nada@example.org,Ada twice\n").unwrap();
+    let out = carnet()
+        .args(["import", "contacts"])
+        .arg(&file)
+        .args(["--url", &format!("http://{http}"), "--map", "E-mail=email", "--map", "Name=first_name"])
+        .args(["--basis", "contract", "--justification", "existing customers", "--quiet"])
+        .env("CARNET_API_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["status"], "completed");
+    assert_eq!(
+        (summary["created"].as_u64(), summary["skipped"].as_u64(), summary["failed"].as_u64()),
+        (Some(1), Some(1), Some(1))
+    );
+    let report = std::fs::read_to_string(summary["report"].as_str().unwrap()).unwrap();
+    let lines: Vec<&str> = report.lines().map(|l| l.rsplit_once(',').unwrap().0).collect();
+    assert_eq!(
+        lines,
+        [
+            "line,outcome,reason",
+            "2,created,",
+            "3,failed,invalid_argument:email",
+            "4,skipped,duplicate_in_file:email@line 2"
+        ]
+    );
+    // A refused term is named: no basis evidence.
+    let out = carnet()
+        .args(["import", "contacts"])
+        .arg(&file)
+        .args(["--url", &format!("http://{http}"), "--basis", "contract", "--quiet"])
+        .env("CARNET_API_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("evidence.justification"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stop(node);
+}

@@ -275,6 +275,8 @@ impl ContactStore {
         let mut events = Vec::new();
         let mut report = Vec::with_capacity(records.len());
         let mut counts = [0u64; 4];
+        // Keys made for creates that failed after all: destroyed once the batch is written.
+        let mut orphans = Vec::new();
         for ((r, id), plan) in records.iter().zip(ids).zip(plans) {
             let (outcome, why, contact_opt) = match plan {
                 Plan::Create { valid, overridden } => {
@@ -319,7 +321,10 @@ impl ContactStore {
                                 Some(id),
                             )
                         }
-                        Err(e) => ("failed", reason(&e), None),
+                        Err(e) => {
+                            orphans.push(id);
+                            ("failed", reason(&e), None)
+                        }
                     }
                 }
                 Plan::Update { valid, holder } => {
@@ -373,6 +378,9 @@ impl ContactStore {
             return Err(e);
         }
         *progress = next;
+        for id in orphans {
+            let _ = self.keys().destroy(tenant_id, id).await;
+        }
         Ok(())
     }
 
