@@ -386,9 +386,10 @@ pub async fn start(cfg: &CarnetConfig, mode: Mode, targets: &[Target]) -> anyhow
         .build_v1()
         .context("failed to build the reflection service")?;
     let mut server = tonic::transport::Server::builder()
-        .timeout(Duration::from_millis(cfg.grpc.request_timeout_ms))
         .tcp_nodelay(true)
         .layer(carnet_kit::metrics::RpcMetricsLayer)
+        // Every method's deadline but an import's upload (tonic's `timeout` would cut it off).
+        .layer(carnet_kit::deadline::DeadlineLayer::new(Duration::from_millis(cfg.grpc.request_timeout_ms)))
         .trace_fn(|request| {
             let span = grpc_span(request.uri().path());
             carnet_kit::telemetry::continue_trace(&span, request.headers());

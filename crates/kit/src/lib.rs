@@ -16,6 +16,7 @@ pub mod bus;
 pub mod caller;
 pub mod config;
 pub mod db;
+pub mod deadline;
 pub mod error;
 pub mod grpc;
 pub mod keystore;
