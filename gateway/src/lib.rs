@@ -243,7 +243,9 @@ pub fn router(state: AppState) -> Router {
 
 /// The REST API alone.
 fn api_router(state: AppState) -> Router {
-    use routes::{audit, comms, consent, contacts, dsar, enrichment, forms, imports, keys, me, public, retention};
+    use routes::{
+        audit, comms, consent, contacts, dsar, enrichment, export, forms, imports, keys, me, public, retention,
+    };
     // Bodies are read at most this far: a larger one is refused without being buffered whole.
     let body_limit = axum::extract::DefaultBodyLimit::max(state.config.max_body_bytes);
     Router::new()
@@ -252,6 +254,8 @@ fn api_router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::serve))
         .route("/v1/field-policy", get(contacts::get_field_policy).put(contacts::put_field_policy))
         .route("/v1/contacts", post(contacts::create_contact).get(contacts::list_contacts))
+        // A static segment: matched before `/v1/contacts/{id}` whatever the order (matchit).
+        .route("/v1/contacts/export", get(export::export_contacts))
         .route(
             "/v1/contacts/{id}",
             get(contacts::get_contact).patch(contacts::update_contact).delete(contacts::delete_contact),

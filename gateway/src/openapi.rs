@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::Problem;
-use crate::routes::{audit, comms, consent, contacts, dsar, enrichment, forms, imports, keys, me, retention};
+use crate::routes::{audit, comms, consent, contacts, dsar, enrichment, export, forms, imports, keys, me, retention};
 
 struct BearerAuth;
 
@@ -40,6 +40,7 @@ impl Modify for BearerAuth {
         contacts::put_objection,
         contacts::get_history,
         contacts::export_contact,
+        export::export_contacts,
         consent::create_purpose,
         consent::list_purposes,
         consent::get_purpose,

@@ -9,6 +9,7 @@ use carnet_cli::node::{self, Mode};
 use carnet_cli::{CarnetConfig, Target};
 
 mod backup;
+mod export;
 
 #[derive(Parser, Debug)]
 #[command(name = "carnet", version, about = "Carnet, the GDPR-first CRM platform")]
@@ -104,6 +105,11 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
+    },
+    /// Bulk export through the gateway (docs/export.md).
+    Export {
+        #[command(subcommand)]
+        command: export::ExportCommand,
     },
     /// Configuration commands.
     Config {
@@ -511,6 +517,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::json!({"api_key": api_key, "id": key_id, "role": role.as_str()}));
             Ok(())
         }
+        Command::Export { command } => export::run(command).await,
         Command::Config { command: ConfigCommand::Show } => {
             let cfg = CarnetConfig::load(config_path, &[])?;
             print!("{}", carnet_kit::config::redacted_toml(&cfg));

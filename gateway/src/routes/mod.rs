@@ -6,6 +6,7 @@ pub mod consent;
 pub mod contacts;
 pub mod dsar;
 pub mod enrichment;
+pub mod export;
 pub mod forms;
 pub mod imports;
 pub mod keys;

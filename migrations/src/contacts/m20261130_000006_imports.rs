@@ -90,6 +90,18 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        // In-file duplicates: which earlier row of this import holds a contact.
+        manager
+            .create_index(
+                Index::create()
+                    .name("ix_import_rows_contact")
+                    .table(ImportRows::Table)
+                    .col(ImportRows::TenantId)
+                    .col(ImportRows::ImportId)
+                    .col(ImportRows::ContactId)
+                    .to_owned(),
+            )
+            .await?;
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! The tonic handlers of `carnet.contacts.v1.ContactsService`. Each handler reads the verified
 //! caller, checks its permission, and delegates to the store with the caller's tenant.
 
+use futures::StreamExt as _;
 use tonic::{Request, Response, Status};
 
 use carnet_kit::grpc::parse_id;
@@ -10,6 +11,7 @@ use carnet_proto::contacts::v1 as pb;
 use carnet_proto::contacts::v1::contacts_service_server::ContactsService;
 
 use crate::audit::Audit;
+use crate::bulk_export::ExportFormat;
 use crate::convert;
 use crate::domain::{ContactInput, ContactPatch, FlagKind};
 use crate::store::ContactStore;
@@ -324,7 +326,40 @@ impl ContactsService for ContactsGrpc {
     ) -> Result<Response<Self::ImportReportStream>, Status> {
         crate::import_grpc::report(&self.store, request).await
     }
+
+    type ExportContactsStream = ExportStream;
+
+    async fn export_contacts(
+        &self,
+        request: Request<pb::ExportContactsRequest>,
+    ) -> Result<Response<Self::ExportContactsStream>, Status> {
+        let caller = caller(&request, Permission::ContactsExport)?;
+        let req = request.into_inner();
+        let format = ExportFormat::parse(&req.format)?;
+        let audit = Audit::grpc(&caller, "ExportContacts");
+        let export = self.store.bulk_export(caller.tenant_id, format, &req.fields, &audit).await?;
+        tracing::info!(tenant_id = %caller.tenant_id, export_id = %export.export_id, "bulk export started");
+        // The first chunk names the export and its columns; the rest carry the lines.
+        let first = pb::ExportContactsChunk {
+            data: Vec::new(),
+            count: 0,
+            export_id: export.export_id.to_string(),
+            columns: export.columns,
+        };
+        let rest = futures::stream::unfold(export.chunks, |mut rx| async move {
+            let item = rx.recv().await?.map(|c| pb::ExportContactsChunk {
+                data: c.data,
+                count: c.count,
+                ..Default::default()
+            });
+            Some((item.map_err(Status::from), rx))
+        });
+        Ok(Response::new(Box::pin(futures::stream::once(async { Ok(first) }).chain(rest))))
+    }
 }
+
+/// The stream of a bulk export: the export's id and columns, then whole lines.
+pub type ExportStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ExportContactsChunk, Status>> + Send>>;
 
 impl ContactsGrpc {
     async fn set_flag(

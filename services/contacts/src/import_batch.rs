@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, Condition, EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, Set};
+use sea_orm::{ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, Set};
 use uuid::Uuid;
 
 use carnet_kit::keystore::{BlindIndex, SubjectKey};
@@ -152,39 +152,33 @@ impl ContactStore {
         self.commit_batch(ctx, progress, &records, ids, plans).await
     }
 
-    /// The contacts holding these e-mail / phone indexes: (field, index) → id.
+    /// The contacts holding these e-mail / phone indexes: (field, index) → id. One query per
+    /// column, each on its unique index (an `OR` of the two would scan the tenant's contacts).
     async fn holders(
         &self,
         tenant_id: Uuid,
         keys: &[(&'static str, String)],
     ) -> Result<HashMap<(&'static str, String), Uuid>, ServiceError> {
-        let emails: Vec<&String> = keys.iter().filter(|(f, _)| *f == "email").map(|(_, k)| k).collect();
-        let phones: Vec<&String> = keys.iter().filter(|(f, _)| *f == "phone").map(|(_, k)| k).collect();
         let mut out = HashMap::new();
-        if emails.is_empty() && phones.is_empty() {
-            return Ok(out);
-        }
-        let rows: Vec<(Uuid, Option<String>, Option<String>)> = contact::Entity::find()
-            .select_only()
-            .column(contact::Column::Id)
-            .column(contact::Column::EmailIndex)
-            .column(contact::Column::PhoneIndex)
-            .filter(contact::Column::TenantId.eq(tenant_id))
-            .filter(
-                Condition::any()
-                    .add(contact::Column::EmailIndex.is_in(emails.iter().map(|s| s.as_str())))
-                    .add(contact::Column::PhoneIndex.is_in(phones.iter().map(|s| s.as_str()))),
-            )
-            .into_tuple()
-            .all(&self.db().read)
-            .await
-            .map_err(db_err)?;
-        for (id, email_opt, phone_opt) in rows {
-            if let Some(e) = email_opt {
-                out.insert(("email", e), id);
+        for (field, column) in [("email", contact::Column::EmailIndex), ("phone", contact::Column::PhoneIndex)] {
+            let values: Vec<&str> = keys.iter().filter(|(f, _)| *f == field).map(|(_, k)| k.as_str()).collect();
+            if values.is_empty() {
+                continue;
             }
-            if let Some(p) = phone_opt {
-                out.insert(("phone", p), id);
+            let rows: Vec<(Uuid, Option<String>)> = contact::Entity::find()
+                .select_only()
+                .column(contact::Column::Id)
+                .column(column)
+                .filter(contact::Column::TenantId.eq(tenant_id))
+                .filter(column.is_in(values))
+                .into_tuple()
+                .all(&self.db().read)
+                .await
+                .map_err(db_err)?;
+            for (id, value_opt) in rows {
+                if let Some(v) = value_opt {
+                    out.insert((field, v), id);
+                }
             }
         }
         Ok(out)

@@ -7,6 +7,7 @@
 pub mod activity;
 pub mod audit;
 pub mod batch;
+pub mod bulk_export;
 pub mod convert;
 pub mod domain;
 pub mod entity;

@@ -104,7 +104,7 @@ impl ContactStore {
     }
 
     /// Opens many rows of one tenant with one key-store query.
-    async fn open_many(
+    pub(crate) async fn open_many(
         &self,
         tenant_id: Uuid,
         models: Vec<contact::Model>,
