@@ -145,12 +145,17 @@ impl Relay {
                 return Ok((total, true));
             }
             let n = rows.len();
+            // Rows go out one by one, in order, and are marked together once the round's page is
+            // out (one UPDATE instead of one per row: on SQLite every UPDATE takes the single
+            // writer from the service's own transactions). A crash in between publishes the
+            // page again; consumers are idempotent and NATS drops repeated message ids.
+            let mut sent: Vec<Uuid> = Vec::with_capacity(n);
             for row in rows {
                 let outgoing = match crate::bus::Outgoing::of(row.payload.clone(), &row.kind) {
                     Ok(o) => o,
                     Err(e) => {
                         tracing::error!(service = self.service, event_id = %row.id, error = %e, "outbox row is not an event; skipped");
-                        self.mark(row.id).await?;
+                        sent.push(row.id);
                         continue;
                     }
                 };
@@ -159,21 +164,26 @@ impl Relay {
                 let published = tracing::Instrument::instrument(self.bus.publish(&outgoing), span).await;
                 if let Err(e) = published {
                     tracing::warn!(service = self.service, event_id = %row.id, kind = %row.kind, error = %e, "publish failed; retrying later");
+                    self.mark(&sent).await?;
                     return Ok((total, false));
                 }
-                self.mark(row.id).await?;
+                sent.push(row.id);
                 total += 1;
             }
+            self.mark(&sent).await?;
             if (n as u64) < RELAY_BATCH {
                 return Ok((total, true));
             }
         }
     }
 
-    async fn mark(&self, id: Uuid) -> Result<(), DbErr> {
+    async fn mark(&self, ids: &[Uuid]) -> Result<(), DbErr> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         entity::Entity::update_many()
             .col_expr(entity::Column::PublishedAt, Expr::value(crate::db::now()))
-            .filter(entity::Column::Id.eq(id))
+            .filter(entity::Column::Id.is_in(ids.iter().copied()))
             .exec(&self.db.write)
             .await?;
         Ok(())
