@@ -108,15 +108,28 @@ impl Api {
         answer(status, &bytes)
     }
 
-    /// GETs `path` into `out`, streamed.
-    pub async fn download(&self, path: &str, out: &Path) -> anyhow::Result<u64> {
+    /// GETs `path` and hands back the answer's headers and body to stream, once it is a success.
+    pub async fn get_stream(&self, path: &str) -> anyhow::Result<(hyper::HeaderMap, hyper::body::Incoming)> {
         let body = Full::new(Bytes::new()).map_err(|never| match never {}).boxed();
-        let (status, incoming) = self.send("GET", path, "application/json", body).await?;
+        let request = hyper::Request::builder()
+            .method("GET")
+            .uri(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {}", self.key))
+            .body(body)?;
+        let response = self.client.request(request).await.with_context(|| format!("cannot reach {}", self.base))?;
+        let status = response.status().as_u16();
+        let (parts, incoming) = response.into_parts();
         if status >= 300 {
             let bytes = incoming.collect().await?.to_bytes();
             answer(status, &bytes)?;
             bail!("{status}");
         }
+        Ok((parts.headers, incoming))
+    }
+
+    /// GETs `path` into `out`, streamed.
+    pub async fn download(&self, path: &str, out: &Path) -> anyhow::Result<u64> {
+        let (_, incoming) = self.get_stream(path).await?;
         let mut file = tokio::fs::File::create(out).await.with_context(|| format!("cannot write {}", out.display()))?;
         let mut stream = incoming.into_data_stream();
         let mut n = 0;
@@ -133,7 +146,7 @@ impl Api {
 fn answer(status: u16, bytes: &[u8]) -> anyhow::Result<serde_json::Value> {
     let json: serde_json::Value = serde_json::from_slice(bytes).unwrap_or(serde_json::Value::Null);
     if status >= 300 {
-        let field = json["field"].as_str().map(|f| format!(" (field {f})")).unwrap_or_default();
+        let field = json["field"].as_str().map(|f| format!(" ({f})")).unwrap_or_default();
         bail!(
             "{status} {}{field}: {}",
             json["code"].as_str().unwrap_or("error"),

@@ -10,11 +10,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
-use http_body_util::{BodyExt as _, Empty};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use anyhow::Context as _;
+use http_body_util::BodyExt as _;
 
 /// How often progress is printed.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -104,38 +101,15 @@ pub async fn export_contacts(
     fields_opt: Option<&str>,
     out: &Path,
 ) -> anyhow::Result<serde_json::Value> {
-    let base = url.trim_end_matches('/');
-    if !base.starts_with("http://") && !base.starts_with("https://") {
-        bail!("--url must start with http:// or https://");
-    }
-    let mut target = format!("{base}/v1/contacts/export?format={}", percent_encode(format));
+    let api = carnet_cli::api::Api::new(url, api_key)?;
+    let mut target = format!("/v1/contacts/export?format={}", percent_encode(format));
     if let Some(fields) = fields_opt {
         target.push_str(&format!("&fields={}", percent_encode(fields)));
     }
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .context("failed to set up tls")?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
-    let request = hyper::Request::get(&target)
-        .header("authorization", format!("Bearer {api_key}"))
-        .body(Empty::new())
-        .context("--url is not a valid URL")?;
     let started = Instant::now();
-    let response = client.request(request).await.with_context(|| format!("cannot reach {base}"))?;
-    let status = response.status();
-    let export_id =
-        response.headers().get("x-carnet-export-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    let mut body = response.into_body();
-    if !status.is_success() {
-        let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        let problem: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        let text = |k: &str| problem[k].as_str().unwrap_or_default().to_string();
-        let field = Some(text("field")).filter(|f| !f.is_empty()).map(|f| format!(" ({f})")).unwrap_or_default();
-        bail!("the export was refused: {} {}{field}: {}", status.as_u16(), text("code"), text("detail"));
-    }
+    let (headers, mut body) =
+        api.get_stream(&target).await.map_err(|e| anyhow::anyhow!("the export was refused: {e:#}"))?;
+    let export_id = headers.get("x-carnet-export-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let part = part_path(out)?;
     let file = create_private(&part).with_context(|| format!("failed to create {}", part.display()))?;
     let mut writer = std::io::BufWriter::with_capacity(256 * 1024, file);

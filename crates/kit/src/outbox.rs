@@ -78,6 +78,15 @@ pub fn erasure_for(event: &Event, service: &str) -> Option<(Uuid, String, Uuid)>
     Some((event.tenant_id.parse().ok()?, r.request_id.clone(), r.subject_id.parse().ok()?))
 }
 
+/// When the change an event describes happened (its `occurred_at`; now, for an event without one).
+pub fn occurred_at(event: &Event) -> chrono::DateTime<chrono::Utc> {
+    event
+        .occurred_at
+        .as_ref()
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        .unwrap_or_else(chrono::Utc::now)
+}
+
 /// Returns the outbox row of a pending event, for callers that insert many rows at once.
 pub fn row(tenant_id: Uuid, payload: Payload) -> entity::ActiveModel {
     let id = Uuid::now_v7();

@@ -14,15 +14,11 @@ use uuid::Uuid;
 use carnet_kit::ServiceError;
 
 use crate::entity::{call, delivery, template};
+use crate::store::db_err;
 use crate::store::{CommsStore, FAILED, SENT, SKIPPED};
 
 /// The record types `PurgeExpired` knows.
 pub const RECORD_TYPES: [&str; 2] = ["calls", "messages"];
-
-fn db_err(err: sea_orm::DbErr) -> ServiceError {
-    tracing::error!(error = %err, "comms database error");
-    ServiceError::internal("database error")
-}
 
 fn expired_deliveries(tenant_id: Uuid, before: DateTime<Utc>) -> Condition {
     Condition::all()

@@ -28,7 +28,7 @@ use crate::entity::{call, campaign, delivery, enrollment, sequence, suppression,
 /// Rows inserted per statement (SQLite allows 32,766 bound values; a delivery has 16 columns).
 const INSERT_CHUNK: usize = 1_000;
 
-fn db_err(err: DbErr) -> ServiceError {
+pub(crate) fn db_err(err: DbErr) -> ServiceError {
     tracing::error!(error = %err, "comms database error");
     ServiceError::internal("database error")
 }

@@ -22,6 +22,7 @@ use carnet_proto::events::v1::{Event, event::Payload};
 use crate::domain::{Action, ConsentSource, LawfulBasis, RecordInput};
 use crate::entity::{record, state};
 use crate::store::ConsentStore;
+use crate::store::db_err;
 
 /// Import terms kept per process (an import's terms never change).
 const CACHED_IMPORTS: usize = 256;
@@ -35,11 +36,6 @@ pub struct ImportFollower {
     contacts: Channel,
     mesh_key: MeshKey,
     terms: TermsCache,
-}
-
-fn db_err(err: sea_orm::DbErr) -> ServiceError {
-    tracing::error!(error = %err, "consent database error");
-    ServiceError::internal("database error")
 }
 
 impl ImportFollower {

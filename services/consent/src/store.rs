@@ -42,7 +42,7 @@ pub const MAX_NOTICE_CHARS: usize = 20_000;
 /// one more is the tenant).
 const STATE_CHUNK: usize = 10_000;
 
-fn db_err(err: DbErr) -> ServiceError {
+pub(crate) fn db_err(err: DbErr) -> ServiceError {
     tracing::error!(error = %err, "consent database error");
     ServiceError::internal("database error")
 }

@@ -13,15 +13,11 @@ use uuid::Uuid;
 use carnet_kit::ServiceError;
 
 use crate::entity::contact;
+use crate::rows::db_err;
 use crate::store::ContactStore;
 
 /// Largest page of [`ContactStore::inactive`].
 pub const MAX_INACTIVE_PAGE: u64 = 1_000;
-
-fn db_err(err: sea_orm::DbErr) -> ServiceError {
-    tracing::error!(error = %err, "contacts database error");
-    ServiceError::internal("database error")
-}
 
 impl ContactStore {
     /// Moves the contact's last activity to `at` (never backwards). An unknown or erased contact

@@ -81,11 +81,7 @@ pub fn consumer(store: ContactStore) -> carnet_kit::bus::Consumer {
             let (Ok(tenant_id), Ok(contact_id)) = (event.tenant_id.parse(), contact_id.parse()) else {
                 return Ok(());
             };
-            let at = event
-                .occurred_at
-                .as_ref()
-                .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-                .unwrap_or_else(chrono::Utc::now);
+            let at = carnet_kit::outbox::occurred_at(&event);
             store.touch(tenant_id, contact_id, at).await.map(|_| ()).map_err(|e| format!("{}: {}", e.code, e.message))
         }
     });

@@ -191,11 +191,7 @@ impl Engine {
             let (Ok(tenant_id), Ok(contact_id)) = (event.tenant_id.parse(), c.contact_id.parse()) else {
                 return Ok(());
             };
-            let at = event
-                .occurred_at
-                .as_ref()
-                .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-                .unwrap_or_else(chrono::Utc::now);
+            let at = carnet_kit::outbox::occurred_at(&event);
             return self
                 .on_consent_changed(tenant_id, contact_id, at)
                 .await
@@ -220,17 +216,13 @@ impl Engine {
 
     /// Chains one `audit.recorded` into its tenant's trail (once per event id).
     async fn on_audit(&self, event: Event) -> Result<(), String> {
+        let occurred_at = carnet_kit::outbox::occurred_at(&event);
         let Some(Payload::AuditRecorded(a)) = event.payload else { return Ok(()) };
         let (Ok(tenant_id), Ok(event_id)) = (event.tenant_id.parse::<Uuid>(), event.id.parse::<Uuid>()) else {
             // Without an id it could not be stored once only; no service writes such an event.
             tracing::error!(event_id = %event.id, "audit event without a valid tenant or id dropped");
             return Ok(());
         };
-        let occurred_at = event
-            .occurred_at
-            .as_ref()
-            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-            .unwrap_or_else(chrono::Utc::now);
         let entry = NewEntry {
             event_id,
             occurred_at,

@@ -4,8 +4,7 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    Set,
+    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use uuid::Uuid;
 
@@ -15,11 +14,7 @@ use carnet_kit::db::now;
 
 use crate::entity::{export, request, retention_purge, retention_settings, retention_warning, task};
 use crate::store::DsarStore;
-
-fn db_err(err: DbErr) -> ServiceError {
-    tracing::error!(error = %err, "dsar database error");
-    ServiceError::internal("database error")
-}
+use crate::store::db_err;
 
 /// A purge to record.
 pub struct NewPurge {

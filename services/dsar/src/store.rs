@@ -20,7 +20,7 @@ use carnet_proto::events::v1::{ErasureRequested, event::Payload};
 
 use crate::entity::{export, hold, ledger, request, task};
 
-fn db_err(err: DbErr) -> ServiceError {
+pub(crate) fn db_err(err: DbErr) -> ServiceError {
     tracing::error!(error = %err, "dsar database error");
     ServiceError::internal("database error")
 }

@@ -139,11 +139,7 @@ pub fn consumer(engine: Engine) -> carnet_kit::bus::Consumer {
                 let (Ok(tenant_id), Ok(contact_id)) = (event.tenant_id.parse(), up.contact_id.parse()) else {
                     return Ok(());
                 };
-                let changed_at = event
-                    .occurred_at
-                    .as_ref()
-                    .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-                    .unwrap_or_else(chrono::Utc::now);
+                let changed_at = carnet_kit::outbox::occurred_at(&event);
                 match engine.enrich(tenant_id, contact_id, Trigger::Auto(changed_at), engine::PRINCIPAL).await {
                     Ok(_) => Ok(()),
                     // Erased or merged away since: nothing to enrich.
